@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv, install, serve the bundled models at http://127.0.0.1:8000
+#   make test   create .venv, install test dependencies (pip, npm, Debian chromium), run pytest
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint bench install install-test system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The stamp files re-run pip only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+node_modules/.package-lock.json: package-lock.json
+	npm ci --no-audit --no-fund --silent
+
+install: $(VENV)/.installed node_modules/.package-lock.json
+
+install-test: $(VENV)/.installed-test node_modules/.package-lock.json system-deps
+
+system-deps:
+	./scripts/system-deps.sh
+
+run: install
+	$(BIN)/latentz serve --host $(HOST) --port $(PORT)
+
+test: install-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: install-test
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

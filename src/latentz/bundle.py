@@ -1,0 +1,154 @@
+"""Model bundles: one folder per trained model, readable without torch.
+
+A bundle holds::
+
+    config.json            ModelConfig (architecture, image size, latent size, likelihood)
+    weights.safetensors    torch weights (only training, evaluation and export need them)
+    card.json              how it was made: data spec, exact command, epochs, wall time, metrics,
+                           fingerprint = SHA-256 of weights.safetensors
+    encoder.onnx           image -> (mean, log-variance)        written by `latentz export`
+    decoder.onnx           latent -> image in [0, 1]             written by `latentz export`
+    entropy_model.json     integer frequency tables for the codec  written by `latentz export`
+    plots/*.png            reconstructions, samples, traversals, interpolation, loss curves
+
+``MODEL`` arguments everywhere accept a bundle name (searched in :func:`bundle_search_path`) or
+a path to a bundle folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latentz.config import ModelConfig, load_model_config
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "card.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+ENTROPY_MODEL_FILE = "entropy_model.json"
+PLOTS_DIR = "plots"
+
+PACKAGED_BUNDLES = Path(__file__).parent / "bundles"
+
+
+class BundleError(FileNotFoundError):
+    """A model name or folder that does not hold a usable bundle."""
+
+
+def bundle_search_path() -> list[Path]:
+    """Where bundle names are looked up, first match wins.
+
+    ``$LATENTZ_MODELS`` (colon-separated), then ``~/.cache/latentz/models``, then the bundles
+    shipped inside the package.
+    """
+    paths = [Path(p) for p in os.environ.get("LATENTZ_MODELS", "").split(os.pathsep) if p]
+    paths.append(Path.home() / ".cache" / "latentz" / "models")
+    paths.append(PACKAGED_BUNDLES)
+    return paths
+
+
+def is_bundle(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / CARD_FILE).is_file()
+
+
+def list_bundles() -> list[Path]:
+    """Every installed bundle, one per name (earlier search-path entries shadow later ones)."""
+    found: dict[str, Path] = {}
+    for root in bundle_search_path():
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and is_bundle(child) and child.name not in found:
+                found[child.name] = child
+    return [found[name] for name in sorted(found)]
+
+
+def resolve_bundle(model: str | Path) -> Path:
+    """Turn a bundle name or folder path into the bundle's folder, with a clear error if absent."""
+    candidate = Path(model).expanduser()
+    if candidate.is_dir():
+        if not is_bundle(candidate):
+            raise BundleError(
+                f"{candidate} is a folder but not a latentz bundle "
+                f"(it needs {CONFIG_FILE} and {CARD_FILE}; train one with `latentz train`)"
+            )
+        return candidate
+    name = str(model)
+    for root in bundle_search_path():
+        if is_bundle(root / name):
+            return root / name
+    known = ", ".join(p.name for p in list_bundles()) or "none"
+    raise BundleError(f"no model named {name!r} and no bundle folder at that path (installed: {known})")
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """The torch-free view of a bundle: its folder, architecture and card."""
+
+    path: Path
+    config: ModelConfig
+    card: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.card.get("fingerprint", ""))
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def read_bundle(model: str | Path) -> BundleInfo:
+    path = resolve_bundle(model)
+    return BundleInfo(path=path, config=load_model_config(path / CONFIG_FILE), card=read_card(path))
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    return json.loads((path / CARD_FILE).read_text())
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, streamed so large weights need no extra memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write then rename, so a crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def update_card(path: Path, **fields: Any) -> dict[str, Any]:
+    """Merge fields into a bundle's card.json (used by export to record parity figures)."""
+    card = read_card(path)
+    card.update(fields)
+    atomic_write_json(path / CARD_FILE, card)
+    return card

@@ -1,0 +1,206 @@
+"""VAE architectures: a convolutional VAE and an MLP VAE, shaped entirely by a ModelConfig.
+
+Images enter as float tensors in [0, 1], shape (N, C, H, W). The encoder returns the mean and
+log-variance of a diagonal Gaussian posterior q(z|x); the decoder returns the parameters of the
+pixel likelihood p(x|z) (logits for bernoulli, means otherwise). ``decode_mean`` gives the image a
+person sees: the likelihood's mean clamped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from latentz.bundle import CONFIG_FILE, WEIGHTS_FILE, resolve_bundle
+from latentz.config import ModelConfig, load_model_config
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 4x4 convolutions halve the image per stage; a linear head gives mean and log-var."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = config.channels
+        for width in config.widths:
+            layers += [nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.SiLU()]
+            in_channels = width
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        side = config.image_size // 2 ** len(config.widths)
+        self.head = nn.Sequential(
+            nn.Linear(in_channels * side * side, config.hidden),
+            nn.SiLU(),
+            nn.Linear(config.hidden, 2 * config.latent_dim),
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, logvar = self.head(self.features(x)).chunk(2, dim=1)
+        return mean, logvar
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of the encoder: a linear layer to a small feature map, then stride-2 upsampling."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        widths = list(reversed(config.widths))
+        self.side = config.image_size // 2 ** len(widths)
+        self.first_width = widths[0]
+        self.project = nn.Sequential(
+            nn.Linear(config.latent_dim, config.hidden),
+            nn.SiLU(),
+            nn.Linear(config.hidden, widths[0] * self.side * self.side),
+            nn.SiLU(),
+        )
+        layers: list[nn.Module] = []
+        for in_width, out_width in zip(widths, [*widths[1:], widths[-1]], strict=True):
+            layers += [nn.ConvTranspose2d(in_width, out_width, 4, stride=2, padding=1), nn.SiLU()]
+        layers.append(nn.Conv2d(widths[-1], config.channels, 3, padding=1))
+        self.upsample = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        features = self.project(z).view(-1, self.first_width, self.side, self.side)
+        return self.upsample(features)
+
+
+class MlpEncoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        size = config.num_pixels
+        for width in config.widths:
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            size = width
+        layers.append(nn.Linear(size, 2 * config.latent_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, logvar = self.net(x).chunk(2, dim=1)
+        return mean, logvar
+
+
+class MlpDecoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = config.latent_dim
+        for width in reversed(config.widths):
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            size = width
+        layers.append(nn.Linear(size, config.num_pixels))
+        self.net = nn.Sequential(*layers)
+        self.image_shape = config.image_shape
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, *self.image_shape)
+
+
+class VAE(nn.Module):
+    """A VAE with a standard-normal prior, a diagonal Gaussian posterior and a chosen likelihood."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        if config.arch == "conv":
+            self.encoder: nn.Module = ConvEncoder(config)
+            self.decoder: nn.Module = ConvDecoder(config)
+        else:
+            self.encoder = MlpEncoder(config)
+            self.decoder = MlpDecoder(config)
+        # A per-channel log-scale, learned only for "gaussian-learned"; a buffer otherwise so the
+        # fixed scale travels with the weights and the fingerprint covers it.
+        log_scale = torch.full((config.channels,), math.log(config.scale))
+        if config.likelihood == "gaussian-learned":
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    # -- the two halves that get exported ------------------------------------------------------
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Likelihood parameters: logits (bernoulli) or unclamped means (the others)."""
+        return self.decoder(z)
+
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """The image a person sees: the likelihood's mean in [0, 1]."""
+        out = self.decode(z)
+        if self.config.likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        return out.clamp(0.0, 1.0)
+
+    # -- probabilistic pieces -----------------------------------------------------------------
+    def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
+        """log p(x|z) per image, in nats, summed over pixels. Shape (N,)."""
+        kind = self.config.likelihood
+        if kind == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
+        log_scale = self.log_scale.view(1, -1, 1, 1)
+        if kind == "laplace":
+            per_pixel = -(x - out).abs() / log_scale.exp() - log_scale - math.log(2.0)
+        else:
+            per_pixel = -0.5 * ((x - out) / log_scale.exp()) ** 2 - log_scale - 0.5 * LOG_2PI
+        return per_pixel.flatten(1).sum(1)
+
+    @staticmethod
+    def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
+        """KL(q(z|x) || N(0, I)) per image, in nats. Shape (N,)."""
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+
+    @staticmethod
+    def reparameterize(mean: Tensor, logvar: Tensor) -> Tensor:
+        return mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+
+    def forward(self, x: Tensor, kl_weight: float = 1.0) -> dict[str, Tensor]:
+        """One Monte-Carlo ELBO estimate. ``loss`` is the batch mean of recon + kl_weight * KL."""
+        mean, logvar = self.encode(x)
+        out = self.decode(self.reparameterize(mean, logvar))
+        recon = -self.log_likelihood(x, out)
+        kl = self.kl_divergence(mean, logvar)
+        return {
+            "loss": (recon + kl_weight * kl).mean(),
+            "recon": recon.detach(),
+            "kl": kl.detach(),
+            "neg_elbo": (recon + kl).detach(),
+        }
+
+    @torch.no_grad()
+    def sample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(count, self.config.latent_dim, generator=generator)
+        return self.decode_mean(z)
+
+
+def build_model(config: ModelConfig) -> VAE:
+    return VAE(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_weights(model: VAE, path: str | Path) -> None:
+    """Save weights as safetensors, atomically (write then rename)."""
+    from safetensors.torch import save
+
+    from latentz.bundle import atomic_write_bytes
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save(state))
+
+
+def load_model(model: str | Path) -> VAE:
+    """Load a bundle (name or folder) as a torch VAE in eval mode."""
+    from safetensors.torch import load_file
+
+    path = resolve_bundle(model)
+    vae = VAE(load_model_config(path / CONFIG_FILE))
+    vae.load_state_dict(load_file(path / WEIGHTS_FILE))
+    return vae.eval()
