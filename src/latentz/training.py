@@ -1,0 +1,613 @@
+"""The training loop: seeded, resumable to the bit, NaN-safe; its output folder becomes a bundle.
+
+A run folder holds ``train_config.json``, ``metrics.jsonl`` (one JSON line per finished epoch) and
+``checkpoint/last.pt`` while training; at the end the bundle files (see :mod:`latentz.bundle`) are
+written beside them, ``card.json`` last so a half-written folder never looks like a bundle.
+
+Reproducibility rests on three things: every random draw comes from a seeded source (the global
+torch RNG for the reparameterisation noise, one ``torch.Generator`` for shuffling and
+augmentation, a fresh fixed-seed generator for validation noise), batches are plain index slices
+of a uint8 tensor (no DataLoader workers), and the checkpoint stores every RNG state together with
+the model and optimizer. The learning rate is a pure function of training progress, so there is
+no scheduler state that could drift. Resuming therefore reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+import random
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+import latentz
+from latentz import bundle
+from latentz.config import ConfigError, TrainConfig, from_dict, to_dict
+from latentz.models import VAE, build_model, count_parameters, save_weights
+
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "last.pt"
+METRICS_FILE = "metrics.jsonl"
+TRAIN_CONFIG_FILE = "train_config.json"
+CHECKPOINT_FORMAT = 1
+
+#: The train/val split never depends on the training seed, so runs with different seeds (and
+#: `latentz eval` afterwards) are all measured on the same validation images.
+SPLIT_SEED = 0
+#: Validation noise is redrawn from this seed every epoch, so epoch-to-epoch changes in the
+#: validation ELBO come from the model, not from the Monte-Carlo sample.
+VAL_NOISE_SEED = 1234
+#: The cosine schedule ends at this fraction of the initial learning rate.
+FINAL_LR_FRACTION = 0.1
+EVAL_BATCH = 512
+MAX_TRAVERSAL_DIMS = 16
+TRAVERSAL_VALUES = (-3.0, -2.25, -1.5, -0.75, 0.0, 0.75, 1.5, 2.25, 3.0)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue: diverged loss, nothing to resume, an occupied folder."""
+
+
+@dataclass
+class _Data:
+    train: Tensor  # uint8 (N, H, W, C)
+    val: Tensor
+    val_labels: np.ndarray | None
+    spec: str
+    source_note: str
+    skipped: int
+
+
+# -- schedules --------------------------------------------------------------------------------
+def kl_weight_at(config: TrainConfig, epoch_progress: float) -> float:
+    """KL weight after ``epoch_progress`` epochs (fractional): a linear ramp from 0 up to beta."""
+    if config.kl_warmup_epochs <= 0:
+        return config.beta
+    return config.beta * min(1.0, epoch_progress / config.kl_warmup_epochs)
+
+
+def lr_at(config: TrainConfig, epoch_progress: float) -> float:
+    """Learning rate after ``epoch_progress`` epochs: constant, or a half cosine from lr to lr/10."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    fraction = min(1.0, epoch_progress / config.epochs)
+    return config.lr * (
+        FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * fraction))
+    )
+
+
+# -- data -------------------------------------------------------------------------------------
+def _load_data(config: TrainConfig) -> _Data:
+    from latentz.data import load_dataset
+
+    model = config.model
+    sets = {
+        split: load_dataset(
+            config.data,
+            split=split,
+            image_size=model.image_size,
+            channels=model.channels,
+            val_fraction=config.val_fraction,
+            seed=SPLIT_SEED,
+            limit=config.max_train_images,
+        )
+        for split in ("train", "val")
+    }
+    expected = (model.image_size, model.image_size, model.channels)
+    for split, images in sets.items():
+        if images.images.shape[1:] != expected:
+            raise ConfigError(
+                f"the {split} images of {config.data} are {images.images.shape[1:]} (H, W, C) but the model "
+                f"expects {expected}; set --image-size/--channels to match"
+            )
+        if len(images.images) == 0:
+            raise TrainingError(
+                f"the {split} split of {config.data} is empty; use more images or another --val-fraction"
+            )
+    val_labels = sets["val"].labels
+    return _Data(
+        train=torch.from_numpy(np.ascontiguousarray(sets["train"].images).copy()),
+        val=torch.from_numpy(np.ascontiguousarray(sets["val"].images).copy()),
+        val_labels=None if val_labels is None else np.asarray(val_labels),
+        spec=sets["train"].spec,
+        source_note=str(getattr(sets["train"], "source_note", "")),
+        skipped=int(getattr(sets["train"], "skipped", 0) or 0),
+    )
+
+
+def to_float(batch: Tensor) -> Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1], the layout the networks take."""
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C), rounding like every other tool here."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Photo augmentation: random flip, small reflect-padded shift-crop, mild colour jitter.
+
+    Small on purpose: the model should still reconstruct the data set's own framing and colours.
+    All draws come from ``generator`` so augmented runs stay reproducible and resumable.
+    """
+    n, channels, height, width = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    pad = max(1, min(height, width) // 16)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    rows = (offsets[:, 0:1] + torch.arange(height)).view(n, 1, height, 1)
+    cols = (offsets[:, 1:2] + torch.arange(width)).view(n, 1, 1, width)
+    x = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(channels).view(1, channels, 1, 1), rows, cols]
+
+    def jitter(strength: float) -> Tensor:
+        return 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * strength
+
+    x = x * jitter(0.1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * jitter(0.1) + mean
+    if channels == 3:
+        grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+        x = (x - grey) * jitter(0.1) + grey
+    return x.clamp_(0.0, 1.0)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+def psnr_db(originals: np.ndarray, reconstructions: np.ndarray) -> float:
+    """Mean per-image PSNR in dB for uint8 images (the same figure `latentz eval` reports)."""
+    from latentz.metrics import psnr
+
+    return float(np.mean(psnr(originals, reconstructions)))
+
+
+@torch.no_grad()
+def validate(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """True (beta = 1) ELBO terms per image and PSNR of the mean reconstruction, with fixed noise."""
+    generator = torch.Generator().manual_seed(VAL_NOISE_SEED)
+    totals = {"neg_elbo": 0.0, "recon": 0.0, "kl": 0.0}
+    reconstructions = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start : start + batch_size])
+        mean, logvar = model.encode(x)
+        z = mean + torch.randn(mean.shape, generator=generator) * (0.5 * logvar).exp()
+        recon = -model.log_likelihood(x, model.decode(z))
+        kl = model.kl_divergence(mean, logvar)
+        totals["recon"] += float(recon.sum())
+        totals["kl"] += float(kl.sum())
+        totals["neg_elbo"] += float((recon + kl).sum())
+        reconstructions.append(to_uint8(model.decode_mean(mean)))
+    model.train(was_training)
+    metrics = {key: value / len(images) for key, value in totals.items()}
+    metrics["bits_per_dim"] = metrics["neg_elbo"] / (model.config.num_pixels * math.log(2))
+    metrics["psnr"] = psnr_db(images.numpy(), np.concatenate(reconstructions))
+    return metrics
+
+
+@torch.no_grad()
+def posterior_means(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> tuple[Tensor, Tensor]:
+    """Posterior means and log-variances for every image, in batches."""
+    means, logvars = [], []
+    for start in range(0, len(images), batch_size):
+        mean, logvar = model.encode(to_float(images[start : start + batch_size]))
+        means.append(mean)
+        logvars.append(logvar)
+    return torch.cat(means), torch.cat(logvars)
+
+
+def latent_stats(model: VAE, images: Tensor) -> dict[str, list[float]]:
+    """Per-dimension statistics of the posterior means over ``images``, plus the mean KL per dimension.
+
+    The explorer sets its slider ranges from p1/p99; ``kl`` (nats) says which dimensions are in use.
+    """
+    mean, logvar = posterior_means(model, images)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+    means = mean.double().numpy()
+    return {
+        "mean": means.mean(0).tolist(),
+        "std": means.std(0).tolist(),
+        "p1": np.percentile(means, 1, axis=0).tolist(),
+        "p99": np.percentile(means, 99, axis=0).tolist(),
+        "kl": kl.double().mean(0).tolist(),
+    }
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    bundle.atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (weights-only unpickling: a checkpoint cannot run code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise TrainingError(f"cannot read checkpoint {path}: {error.__class__.__name__}: {error}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not a latentz training checkpoint")
+    return state
+
+
+def _check_resumable(saved: TrainConfig, wanted: TrainConfig, done_epochs: int) -> None:
+    """Refuse to resume with a config that would make the continued run a different run."""
+    saved_fields, wanted_fields = to_dict(saved), to_dict(wanted)
+    changed = sorted(k for k in saved_fields if k != "epochs" and saved_fields[k] != wanted_fields[k])
+    if changed:
+        details = "; ".join(f"{k}: {saved_fields[k]!r} -> {wanted_fields[k]!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume with a different configuration ({details}); "
+            f"resume with the original settings or train into a new folder"
+        )
+    if wanted.epochs != saved.epochs and saved.lr_schedule == "cosine":
+        raise ConfigError(
+            f"cannot change epochs from {saved.epochs} to {wanted.epochs} on resume: the cosine "
+            f"learning-rate schedule depends on the run length (train with --lr-schedule constant "
+            f"to extend runs later)"
+        )
+    if wanted.epochs < done_epochs:
+        raise ConfigError(
+            f"the checkpoint has already trained {done_epochs} epochs; --epochs {wanted.epochs} is fewer"
+        )
+
+
+# -- the loop ---------------------------------------------------------------------------------
+class _Progress:
+    """A rich progress bar on a terminal (with images/s and ETA), one summary line per epoch."""
+
+    def __init__(self, enabled: bool, total_images: int, done_images: int) -> None:
+        self.enabled = enabled
+        self.bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>7.0f} img/s  loss {task.fields[loss]:.2f}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task = self.bar.add_task(
+                "training", total=total_images, completed=done_images, rate=0.0, loss=float("nan")
+            )
+            self.bar.start()
+
+    def update(self, description: str, advance: int, rate: float, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=description, advance=advance, rate=rate, loss=loss)
+
+    def epoch_done(self, row: dict[str, Any], epochs: int) -> None:
+        if self.enabled:
+            self.console.print(
+                f"epoch {row['epoch']}/{epochs}  train -ELBO {row['train_neg_elbo']:.2f}  "
+                f"val -ELBO {row['val_neg_elbo']:.2f}  KL {row['val_kl']:.2f}  "
+                f"PSNR {row['val_psnr']:.2f} dB  {row['images_per_s']:.0f} img/s",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _prepare_folder(out_dir: Path, resume: bool) -> Path:
+    checkpoint = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint.is_file():
+            raise TrainingError(
+                f"nothing to resume: {checkpoint} does not exist (train without --resume first)"
+            )
+        return checkpoint
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"output path {out_dir} exists and is not a folder")
+    occupied = [
+        name
+        for name in (CHECKPOINT_DIR, METRICS_FILE, bundle.WEIGHTS_FILE, bundle.CARD_FILE)
+        if (out_dir / name).exists()
+    ]
+    if occupied:
+        raise TrainingError(
+            f"{out_dir} already holds a training run ({', '.join(occupied)}); pass --resume to "
+            f"continue it, or choose another output folder"
+        )
+    return checkpoint
+
+
+def train(
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    command: Sequence[str] | None = None,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> Path:
+    """Train a VAE as ``config`` says and write the bundle into ``out_dir``; returns ``out_dir``.
+
+    ``resume`` continues from ``out_dir/checkpoint/last.pt`` and ends with exactly the weights an
+    uninterrupted run would have. ``stop_after_epochs`` ends this call early, after that many
+    epochs in total, leaving only the checkpoint (time-sliced jobs; a later ``resume`` finishes).
+    ``command`` is recorded in the card (the argv that started the run).
+    """
+    out_dir = Path(out_dir)
+    checkpoint_path = _prepare_folder(out_dir, resume)
+    state = load_checkpoint(checkpoint_path) if resume else None
+    if state is not None:
+        _check_resumable(from_dict(TrainConfig, state["config"]), config, state["epoch"])
+
+    torch.manual_seed(config.seed)
+    data = _load_data(config)
+    n_train = len(data.train)
+    if state is not None and state["n_train"] != n_train:
+        raise TrainingError(
+            f"the data changed since the checkpoint: {state['n_train']} training images then, {n_train} now"
+        )
+    model = build_model(config.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed_s, train_s = 0, 0.0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _restore_rng(state["rng"], generator)
+        history = list(state["history"])
+        start_epoch, elapsed_s, train_s = state["epoch"], state["elapsed_s"], state["train_s"]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle.atomic_write_json(out_dir / TRAIN_CONFIG_FILE, to_dict(config))
+    batches_per_epoch = math.ceil(n_train / config.batch_size)
+    end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
+    bar = _Progress(progress, total_images=n_train * end_epoch, done_images=n_train * start_epoch)
+    model.train()
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            epoch_start = time.perf_counter()
+            sums = {"loss": 0.0, "neg_elbo": 0.0, "kl": 0.0}
+            order = torch.randperm(n_train, generator=generator)
+            for batch_index in range(batches_per_epoch):
+                x = to_float(
+                    data.train[order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]]
+                )
+                if config.augment:
+                    x = augment_batch(x, generator)
+                position = epoch + batch_index / batches_per_epoch
+                kl_weight = kl_weight_at(config, position)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(config, position)
+                out = model(x, kl_weight=kl_weight)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    kept = (
+                        f"the last good checkpoint (epoch {epoch}) is kept in {checkpoint_path}"
+                        if epoch > 0
+                        else "no checkpoint was written yet"
+                    )
+                    raise TrainingError(
+                        f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, batch "
+                        f"{batch_index + 1}/{batches_per_epoch}; lower --lr or check the data ({kept})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                size = len(x)
+                sums["loss"] += loss.item() * size
+                sums["neg_elbo"] += float(out["neg_elbo"].sum())
+                sums["kl"] += float(out["kl"].sum())
+                seconds = time.perf_counter() - epoch_start
+                bar.update(
+                    f"epoch {epoch + 1}/{config.epochs}",
+                    size,
+                    (batch_index * config.batch_size + size) / max(seconds, 1e-9),
+                    loss.item(),
+                )
+            epoch_train_s = time.perf_counter() - epoch_start
+            val = validate(model, data.val)
+            if not all(math.isfinite(v) for v in val.values()):
+                raise TrainingError(
+                    f"validation metrics are not finite after epoch {epoch + 1} ({val}); lower "
+                    f"--lr or check the data"
+                )
+            train_s += epoch_train_s
+            elapsed_s += time.perf_counter() - epoch_start
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": sums["loss"] / n_train,
+                "train_neg_elbo": sums["neg_elbo"] / n_train,
+                "train_kl": sums["kl"] / n_train,
+                **{f"val_{key}": value for key, value in val.items()},
+                "kl_weight": kl_weight_at(config, epoch + 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": n_train / epoch_train_s,
+                "elapsed_s": elapsed_s,
+            }
+            history.append(row)
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": to_dict(config),
+                    "epoch": epoch + 1,
+                    "n_train": n_train,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": _rng_state(generator),
+                    "history": history,
+                    "elapsed_s": elapsed_s,
+                    "train_s": train_s,
+                },
+            )
+            # Rewritten whole (not appended) so it always agrees with the checkpoint after a crash.
+            lines = "".join(json.dumps(r) + "\n" for r in history)
+            bundle.atomic_write_bytes(out_dir / METRICS_FILE, lines.encode())
+            bar.epoch_done(row, config.epochs)
+    finally:
+        bar.close()
+    if len(history) < config.epochs:
+        return out_dir
+    write_bundle(model, config, out_dir, data, history, elapsed_s=elapsed_s, train_s=train_s, command=command)
+    return out_dir
+
+
+# -- the bundle -------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    return {
+        "latentz": latentz.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_bundle(
+    model: VAE,
+    config: TrainConfig,
+    out_dir: Path,
+    data: _Data,
+    history: list[dict[str, Any]],
+    *,
+    elapsed_s: float,
+    train_s: float,
+    command: Sequence[str] | None,
+) -> None:
+    """Weights, configs and plots first, ``card.json`` last: a folder with a card is complete."""
+    model.eval()
+    weights = out_dir / bundle.WEIGHTS_FILE
+    save_weights(model, weights)
+    bundle.atomic_write_json(out_dir / bundle.CONFIG_FILE, to_dict(config.model))
+    bundle.atomic_write_json(out_dir / TRAIN_CONFIG_FILE, to_dict(config))
+    stats = latent_stats(model, data.train)
+    write_plots(model, data, history, out_dir / bundle.PLOTS_DIR, stats["kl"])
+    final = history[-1]
+    argv = list(command) if command else []
+    card = {
+        "name": out_dir.resolve().name,
+        "data": data.spec,
+        "split": data.source_note,
+        "skipped_files": data.skipped,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "command": argv,
+        "command_line": shlex.join(argv) if argv else "latentz.training.train() called from Python",
+        "epochs": final["epoch"],
+        "wall_time_s": round(elapsed_s, 2),
+        "images_per_s": round(len(data.train) * final["epoch"] / max(train_s, 1e-9), 1),
+        "metrics": {
+            key.removeprefix("val_"): value for key, value in final.items() if key.startswith("val_")
+        },
+        "metrics_note": (
+            "validation split; true ELBO (beta = 1) in nats per image; PSNR of the mean reconstruction"
+        ),
+        "fingerprint": bundle.sha256_file(weights),
+        "latent_stats": stats,
+        "parameters": count_parameters(model),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    bundle.atomic_write_json(out_dir / bundle.CARD_FILE, card)
+
+
+def _pick_pair(labels: np.ndarray | None, count: int) -> tuple[int, int]:
+    """Two validation images to interpolate between: different classes when labels are known."""
+    if labels is not None and len(labels) == count:
+        for index in range(1, count):
+            if labels[index] != labels[0]:
+                return 0, index
+    return 0, min(1, count - 1)
+
+
+@torch.no_grad()
+def write_plots(
+    model: VAE, data: _Data, history: list[dict[str, Any]], plots_dir: Path, kl_per_dim: list[float]
+) -> None:
+    """The five bundle figures: reconstructions, samples, traversal, interpolation, loss."""
+    from latentz import plots
+
+    model.eval()
+    val = data.val[:16]
+    mean, _ = model.encode(to_float(val))
+    plots.plot_reconstructions(
+        val.numpy(), to_uint8(model.decode_mean(mean)), plots_dir / "reconstructions.png"
+    )
+    samples = model.sample(64, generator=torch.Generator().manual_seed(0))
+    plots.plot_samples(
+        to_uint8(samples), plots_dir / "samples.png", title="Samples: decoded draws from the prior N(0, I)"
+    )
+    order = sorted(range(len(kl_per_dim)), key=lambda d: -kl_per_dim[d])[:MAX_TRAVERSAL_DIMS]
+    values = torch.tensor(TRAVERSAL_VALUES)
+    base = mean[0]
+    rows = []
+    for dim in order:
+        z = base.repeat(len(values), 1)
+        z[:, dim] = values
+        rows.append(to_uint8(model.decode_mean(z)))
+    labels = [f"z{dim}  KL {kl_per_dim[dim]:.2f}" for dim in order]
+    plots.plot_traversal(
+        np.stack(rows),
+        plots_dir / "traversal.png",
+        list(TRAVERSAL_VALUES),
+        labels,
+        title="Latent traversals around a validation image (rows: most-used dimensions)",
+    )
+    first, second = _pick_pair(data.val_labels, len(data.val))
+    ends, _ = model.encode(to_float(data.val[[first, second]]))
+    weights = torch.linspace(0, 1, 10).unsqueeze(1)
+    strip = model.decode_mean((1 - weights) * ends[0] + weights * ends[1])
+    plots.plot_interpolation(to_uint8(strip), plots_dir / "interpolation.png")
+    plots.plot_loss(history, plots_dir / "loss.png")
+
+
+def default_command() -> list[str]:
+    """The argv of this process as the user typed it, with the program shown as `latentz`."""
+    return ["latentz", *sys.argv[1:]]
