@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 #: Tiles smaller than this (in pixels) are upscaled by an integer factor so they are not postage stamps.
 MIN_TILE_SIDE = 84
@@ -189,8 +190,11 @@ def plot_loss(history: Sequence[dict[str, Any]], out: Path, title: str = "Traini
         return None if any(v is None for v in values) else [float(v) for v in values]  # type: ignore[arg-type]
 
     panels: list[tuple[str, list[tuple[str, str]]]] = [
-        ("negative ELBO (nats / image)", [("train_neg_elbo", "train"), ("val_neg_elbo", "validation")]),
-        ("KL (nats / image)", [("train_kl", "train"), ("val_kl", "validation")]),
+        (
+            "negative ELBO (nats / image)",
+            [("train_neg_elbo", "train (epoch mean)"), ("val_neg_elbo", "validation")],
+        ),
+        ("KL (nats / image)", [("train_kl", "train (epoch mean)"), ("val_kl", "validation")]),
     ]
     if series("val_psnr") is not None:
         panels.append(("PSNR of the mean reconstruction (dB)", [("val_psnr", "validation")]))
@@ -205,8 +209,7 @@ def plot_loss(history: Sequence[dict[str, Any]], out: Path, title: str = "Traini
         axes.set_xlabel("epoch")
         axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
-        if len(epochs) == 1:
-            axes.set_xticks(epochs)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=9)
     return _save(figure, out)
@@ -231,6 +234,7 @@ def plot_rd(
         xs, ys = zip(*finite, strict=True)
         axes.plot(xs, ys, marker="o", markersize=4, label=name)
     axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 100, not 10^2
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=12)
