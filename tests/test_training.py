@@ -1,0 +1,260 @@
+"""The training loop on real MNIST digits: it learns, resumes exactly, stops on NaN, writes bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from latentz import bundle
+from latentz.cli import app
+from latentz.commands.train import build_config
+from latentz.config import ConfigError, ModelConfig, TrainConfig, replace
+from latentz.models import load_model
+from latentz.training import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    TrainingError,
+    augment_batch,
+    kl_weight_at,
+    load_checkpoint,
+    lr_at,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_SPEC = f"idx:{REPO.parent / 'shared' / 'data' / 'mnist' / 'mnist9k-images-idx3-ubyte.gz'}"
+TINY = ModelConfig(arch="conv", image_size=28, channels=1, latent_dim=4, widths=[8, 16], hidden=32)
+TIMING_KEYS = {"images_per_s", "elapsed_s"}
+
+
+def tiny_config(**changes: object) -> TrainConfig:
+    base = TrainConfig(data=MNIST_SPEC, model=TINY, epochs=3, batch_size=32, max_train_images=256)
+    return replace(base, **changes)
+
+
+def metrics_without_timing(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = load_file(first / bundle.WEIGHTS_FILE), load_file(second / bundle.WEIGHTS_FILE)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# -- a real run -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "mnist-tiny"
+    config = replace(tiny_config(), max_train_images=1000, model=replace(TINY, latent_dim=8), epochs=3)
+    return train(config, out, command=["latentz", "train", "--data", "mnist"], progress=False)
+
+
+@pytest.mark.slow
+def test_a_short_run_lowers_the_validation_loss(trained: Path) -> None:
+    rows = [json.loads(line) for line in (trained / METRICS_FILE).read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert rows[-1]["val_neg_elbo"] < rows[0]["val_neg_elbo"] - 10
+    assert rows[-1]["val_psnr"] > rows[0]["val_psnr"]
+    for row in rows:
+        assert row["val_neg_elbo"] == pytest.approx(row["val_recon"] + row["val_kl"])
+        assert row["images_per_s"] > 0 and row["kl_weight"] == 1.0
+
+
+@pytest.mark.slow
+def test_the_run_folder_is_a_complete_bundle(trained: Path) -> None:
+    for name in (
+        bundle.CONFIG_FILE,
+        bundle.WEIGHTS_FILE,
+        bundle.CARD_FILE,
+        "train_config.json",
+        METRICS_FILE,
+    ):
+        assert (trained / name).is_file(), name
+    for plot in ("reconstructions", "samples", "traversal", "interpolation", "loss"):
+        png = trained / bundle.PLOTS_DIR / f"{plot}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+    card = bundle.read_card(trained)
+    assert card["fingerprint"] == bundle.sha256_file(trained / bundle.WEIGHTS_FILE)
+    assert card["name"] == "mnist-tiny" and card["epochs"] == 3
+    assert card["command"] == ["latentz", "train", "--data", "mnist"]
+    assert card["command_line"] == "latentz train --data mnist"
+    assert card["n_train"] + card["n_val"] == 1000
+    assert card["metrics"]["neg_elbo"] > 0 and card["metrics"]["psnr"] > 0
+    stats = card["latent_stats"]
+    for key in ("mean", "std", "p1", "p99", "kl"):
+        assert len(stats[key]) == 8, key
+    assert all(lo <= hi for lo, hi in zip(stats["p1"], stats["p99"], strict=True))
+    assert {"latentz", "torch", "python"} <= set(card["versions"])
+
+    model = load_model(trained)
+    assert model.config == ModelConfig(**json.loads((trained / bundle.CONFIG_FILE).read_text()))
+    assert card["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+# -- resume -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_resume_gives_exactly_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Shuffling, augmentation, noise, KL warm-up and the cosine schedule all continue seamlessly."""
+    config = tiny_config(augment=True, kl_warmup_epochs=2, lr_schedule="cosine")
+    straight = train(config, tmp_path / "straight", progress=False)
+    interrupted = train(config, tmp_path / "resumed", progress=False, stop_after_epochs=2)
+    assert not (interrupted / bundle.CARD_FILE).exists()
+    assert load_checkpoint(interrupted / CHECKPOINT_DIR / CHECKPOINT_FILE)["epoch"] == 2
+    resumed = train(config, interrupted, progress=False, resume=True)
+    assert_same_weights(straight, resumed)
+    assert metrics_without_timing(straight) == metrics_without_timing(resumed)
+
+
+@pytest.mark.slow
+def test_a_finished_constant_lr_run_can_be_extended(tmp_path: Path) -> None:
+    config = tiny_config(lr_schedule="constant")
+    straight = train(config, tmp_path / "straight", progress=False)
+    shorter = train(replace(config, epochs=2), tmp_path / "extended", progress=False)
+    assert bundle.read_card(shorter)["epochs"] == 2
+    extended = train(config, shorter, progress=False, resume=True)
+    assert bundle.read_card(extended)["epochs"] == 3
+    assert_same_weights(straight, extended)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
+    config = tiny_config(epochs=2)
+    out = train(config, tmp_path / "run", progress=False, stop_after_epochs=1)
+    with pytest.raises(ConfigError, match=r"lr: 0\.001 -> 0\.01"):
+        train(replace(config, lr=0.01), out, progress=False, resume=True)
+    with pytest.raises(ConfigError, match="cosine"):
+        train(replace(config, epochs=5), out, progress=False, resume=True)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(config, out, progress=False)  # an occupied folder is never overwritten silently
+
+
+def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny_config(), tmp_path / "empty", progress=False, resume=True)
+    bad = tmp_path / "bad" / CHECKPOINT_DIR / CHECKPOINT_FILE
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="cannot read checkpoint"):
+        train(tiny_config(), tmp_path / "bad", progress=False, resume=True)
+
+
+# -- divergence ---------------------------------------------------------------------------------
+def test_a_diverging_run_stops_with_a_clear_message(tmp_path: Path) -> None:
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingError, match=r"epoch 1, batch \d+/\d+; lower --lr or check the data"):
+        train(tiny_config(lr=1e6), out, progress=False)
+    assert not (out / bundle.CARD_FILE).exists()
+    assert not (out / bundle.WEIGHTS_FILE).exists()
+
+
+@pytest.mark.slow
+def test_nan_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    """Weights that went bad after epoch 1 (here: poisoned on disk) stop epoch 2 without a new save."""
+    config = tiny_config(epochs=3)
+    out = train(config, tmp_path / "run", progress=False, stop_after_epochs=1)
+    path = out / CHECKPOINT_DIR / CHECKPOINT_FILE
+    state = load_checkpoint(path)
+    state["model"]["encoder.features.0.weight"].fill_(float("nan"))
+    torch.save(state, path)
+    poisoned = path.read_bytes()
+    with pytest.raises(TrainingError, match=r"epoch 2, batch 1/.*last good checkpoint \(epoch 1\)"):
+        train(config, out, progress=False, resume=True)
+    assert path.read_bytes() == poisoned
+    assert len((out / METRICS_FILE).read_text().splitlines()) == 1
+
+
+# -- pieces -------------------------------------------------------------------------------------
+def test_kl_warmup_and_learning_rate_schedules() -> None:
+    config = tiny_config(beta=2.0, kl_warmup_epochs=4, epochs=10)
+    assert [kl_weight_at(config, e) for e in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert kl_weight_at(replace(config, kl_warmup_epochs=0), 0) == 2.0
+    assert lr_at(config, 0) == pytest.approx(1e-3)
+    assert lr_at(config, 5) == pytest.approx(0.55e-3)
+    assert lr_at(config, 10) == pytest.approx(1e-4)
+    assert lr_at(replace(config, lr_schedule="constant"), 7) == 1e-3
+
+
+def test_augmentation_is_seeded_small_and_in_range() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32)
+    first = augment_batch(x.clone(), torch.Generator().manual_seed(5))
+    again = augment_batch(x.clone(), torch.Generator().manual_seed(5))
+    other = augment_batch(x.clone(), torch.Generator().manual_seed(6))
+    assert first.shape == x.shape
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert float(first.min()) >= 0 and float(first.max()) <= 1
+    # Small changes: a shifted, jittered copy of the same picture, not noise.
+    smooth = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(4, 3, 32, 32).contiguous()
+    moved = augment_batch(smooth, torch.Generator().manual_seed(1))
+    assert float((moved - smooth).abs().mean()) < 0.6
+    grey = augment_batch(torch.full((4, 1, 16, 16), 0.5), torch.Generator().manual_seed(2))
+    assert grey.shape == (4, 1, 16, 16)
+
+
+# -- the command line -----------------------------------------------------------------------------
+def test_config_layers_defaults_file_and_flags(tmp_path: Path) -> None:
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps({"epochs": 7, "lr": 0.002, "model": {"latent_dim": 6}}))
+    config = build_config(MNIST_SPEC, config_file, {"epochs": 2}, {"widths": [16, 32]})
+    assert (config.epochs, config.lr) == (2, 0.002)
+    assert config.model.latent_dim == 6 and config.model.widths == [16, 32]
+    assert config.model.likelihood == "bernoulli" and config.model.image_size == 28
+    photos = build_config(f"folder:{tmp_path}", None, {}, {})
+    assert photos.model.channels == 3 and photos.model.likelihood == "gaussian-learned"
+    assert photos.model.image_size == 64
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--image-size", "30"], "divisible by 4"),
+        (["--likelihood", "poisson"], "likelihood"),
+        (["--widths", "8,x"], "comma-separated"),
+        (["--lr", "-1"], "lr must be"),
+        (["--config", "/nonexistent/cfg.json"], "does not exist"),
+        (["--resume"], "nothing to resume"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(tmp_path: Path, arguments: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["train", "--data", MNIST_SPEC, "-o", str(tmp_path / "m"), *arguments])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_reports_missing_data(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", "--data", "idx:/nonexistent/images.gz", "-o", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 2
+    assert "nonexistent" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_cli_trains_a_bundle_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "cli-model"
+    args = ["train", "--data", MNIST_SPEC, "-o", str(out), "--limit", "256", "--epochs", "1",
+            "--widths", "8,16", "--hidden", "32", "--latent-dim", "3", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "LATENTZ_MODELS": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "latentz", *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "wrote bundle" in result.stdout
+    card = bundle.read_card(out)
+    assert card["command"] == ["latentz", *args]
+    assert json.loads((out / bundle.CONFIG_FILE).read_text())["latent_dim"] == 3
+    listed = subprocess.run([sys.executable, "-m", "latentz", "models", "--json"], capture_output=True,
+                            text=True, env=env, check=True)  # fmt: skip
+    assert "cli-model" in [row["name"] for row in json.loads(listed.stdout)]
