@@ -217,6 +217,29 @@ def test_config_layers_defaults_file_and_flags(tmp_path: Path) -> None:
     assert photos.model.image_size == 64
 
 
+def test_config_file_with_wrong_types_is_a_config_error(tmp_path: Path) -> None:
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps({"model": {"widths": "abc"}}))
+    with pytest.raises(ConfigError, match="invalid configuration"):
+        build_config(MNIST_SPEC, config_file, {}, {})
+    config_file.write_text(json.dumps({"epochs": "many"}))
+    with pytest.raises(ConfigError, match="invalid configuration"):
+        build_config(MNIST_SPEC, config_file, {}, {})
+    config_file.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        build_config(MNIST_SPEC, config_file, {}, {})
+
+
+@pytest.mark.slow
+def test_cli_resume_needs_only_the_folder(tmp_path: Path) -> None:
+    out = train(tiny_config(epochs=2), tmp_path / "run", progress=False, stop_after_epochs=1)
+    result = CliRunner().invoke(app, ["train", "-o", str(out), "--resume", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert bundle.read_card(out)["epochs"] == 2
+    changed = CliRunner().invoke(app, ["train", "-o", str(out), "--resume", "--seed", "9"])
+    assert changed.exit_code == 2 and "seed: 0 -> 9" in changed.output
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -47,6 +47,10 @@ PHOTO_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Written by latentz.training into every run folder (named here to keep --help free of torch).
+SAVED_CONFIG_FILE = "train_config.json"
+
+
 def is_photo_spec(spec: str) -> bool:
     """Folders of photos get colour defaults; everything else (IDX digit/fashion files) grey ones."""
     return spec.startswith("folder:") or Path(spec).expanduser().is_dir()
@@ -75,16 +79,25 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def build_config(
-    data: str | None, config_file: Path | None, run_flags: dict[str, Any], model_flags: dict[str, Any]
+    data: str | None,
+    config_file: Path | None,
+    run_flags: dict[str, Any],
+    model_flags: dict[str, Any],
+    base: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Merge defaults (by data kind) < config file < flags into a validated TrainConfig."""
+    """Merge defaults < config file < flags into a validated TrainConfig.
+
+    The defaults are ``base`` when given (a resumed run's saved config, so ``--resume`` needs no
+    other flags) and otherwise depend on the kind of data.
+    """
     from_file = _read_config_file(config_file) if config_file else {}
-    spec = data or from_file.get("data")
+    spec = data or from_file.get("data") or (base or {}).get("data")
     if not spec:
         raise ConfigError(
             "no data: pass --data SPEC (mnist, fashion-mnist, idx:PATH, folder:DIR) or set 'data' in --config"
         )
-    defaults = PHOTO_DEFAULTS if is_photo_spec(str(spec)) else GREY_DEFAULTS
+    kind_defaults = PHOTO_DEFAULTS if is_photo_spec(str(spec)) else GREY_DEFAULTS
+    defaults = base if base is not None else kind_defaults
     merged: dict[str, Any] = {
         **defaults,
         **{k: v for k, v in from_file.items() if k != "model"},
@@ -95,7 +108,9 @@ def build_config(
     merged["model"].update({k: v for k, v in model_flags.items() if v is not None})
     try:
         return from_dict(TrainConfig, merged)
-    except TypeError as error:  # a value of the wrong JSON type, e.g. "widths": "abc"
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:  # a value of the wrong JSON type, e.g. "widths": "abc"
         raise ConfigError(f"invalid configuration: {error}") from None
 
 
@@ -168,8 +183,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             False,
             "--resume",
-            help="Continue the run in --out from its checkpoint "
-            "(same settings; --epochs may grow with --lr-schedule constant).",
+            help="Continue the run in --out from its checkpoint with "
+            "its saved settings (--epochs may grow if it used --lr-schedule constant).",
         ),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or epoch lines."),
     ) -> None:
@@ -197,7 +212,9 @@ def register(app: typer.Typer) -> None:
             "scale": scale,
         }
         try:
-            config = build_config(data, config_file, run_flags, model_flags)
+            saved = out / SAVED_CONFIG_FILE
+            base = _read_config_file(saved) if resume and saved.is_file() else None
+            config = build_config(data, config_file, run_flags, model_flags, base)
         except ConfigError as error:
             _fail(str(error))
 
@@ -212,8 +229,8 @@ def register(app: typer.Typer) -> None:
             _fail(str(error))
         except KeyboardInterrupt:
             _fail(
-                "interrupted; the last finished epoch is checkpointed: continue with the same command "
-                "plus --resume",
+                f"interrupted; the last finished epoch is checkpointed: continue with "
+                f"`latentz train -o {out} --resume`",
                 code=130,
             )
         if not (bundle_dir / "card.json").is_file():
