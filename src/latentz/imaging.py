@@ -1,0 +1,212 @@
+"""Decode untrusted image bytes safely and convert between the array layouts latentz uses.
+
+Torch-free: the data loader, the ONNX runtime and the web server all go through here, so every
+image that enters latentz is decoded by one careful function (`open_image`) and resized by one
+aspect-preserving function (`to_array`).
+
+Layouts: images between modules are uint8 ``(N, H, W, C)``; images entering a network are
+float32 ``(N, C, H, W)`` in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 40_000_000
+"""Largest width * height we agree to decode (a 40 MP photo); bigger is treated as a decompression bomb."""
+
+ENCODABLE_FORMATS = ("jpeg", "webp", "png")
+
+
+class ImageError(ValueError):
+    """An image could not be used: unreadable, truncated, too large, or the wrong shape."""
+
+
+def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image from a path or raw bytes, refusing anything suspicious.
+
+    The format is sniffed from the content, never from the file name. The pixel count is checked
+    from the header *before* decoding, so a tiny file claiming to be 100k x 100k pixels costs
+    nothing. EXIF orientation is applied so phone photos come out upright.
+    """
+    name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            handle: io.BytesIO | str | Path = io.BytesIO(bytes(source))
+        else:
+            handle = Path(source)
+            if not handle.is_file():
+                raise ImageError(f"{name}: no such file")
+        with warnings.catch_warnings():
+            # PIL warns (rather than raises) between 1x and 2x its own limit; we enforce ours instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(handle)
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{name}: image is {width}x{height} = {width * height:,} pixels, more than the "
+                    f"{max_pixels:,} allowed (refused before decoding)"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{name}: refused as a decompression bomb ({error})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a recognised image format (JPEG, PNG, WebP, BMP, ...)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
+    return image
+
+
+def _flatten(image: Image.Image, mode: str) -> Image.Image:
+    """Convert to 'L' or 'RGB', compositing any transparency onto white (how viewers show it)."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode == "I;16" or image.mode.startswith("I;16"):
+        image = image.point(lambda value: value / 256).convert("L")
+    elif image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return image.convert(mode)
+
+
+def to_array(image: Image.Image, size: int | None, channels: int) -> np.ndarray:
+    """Turn a decoded image into uint8 ``(H, W, C)``, optionally ``size`` x ``size``.
+
+    Resizing keeps the aspect ratio: the short side becomes ``size`` and the long side is
+    centre-cropped, so objects are never squashed. Shrinking uses Lanczos with a box pre-reduction
+    (``reducing_gap``), which is both fast on big photos and free of aliasing.
+    """
+    if channels not in (1, 3):
+        raise ImageError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    image = _flatten(image, "L" if channels == 1 else "RGB")
+    if size is not None:
+        if size <= 0:
+            raise ImageError(f"image size must be positive, got {size}")
+        width, height = image.size
+        scale = size / min(width, height)
+        new_width = max(size, round(width * scale))
+        new_height = max(size, round(height * scale))
+        if (new_width, new_height) != (width, height):
+            image = image.resize(
+                (new_width, new_height), Image.Resampling.LANCZOS, reducing_gap=3.0 if scale < 1 else None
+            )
+        left = (new_width - size) // 2
+        top = (new_height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array)
+
+
+def load_array(source: str | Path | bytes, size: int | None, channels: int) -> np.ndarray:
+    """`open_image` then `to_array`: untrusted bytes or a path in, uint8 ``(H, W, C)`` out."""
+    return to_array(open_image(source), size, channels)
+
+
+def to_float_nchw(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` or ``(H, W, C)`` -> float32 ``(N, C, H, W)`` in ``[0, 1]`` for a network."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ImageError(f"expected uint8 images, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ImageError(f"expected (N, H, W, C) or (H, W, C) images, got shape {images.shape}")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
+    """float ``(N, C, H, W)`` in ``[0, 1]`` -> uint8 ``(N, H, W, C)``, rounded and clipped.
+
+    NaN becomes 0 rather than an arbitrary byte, so a broken decoder shows as black, not noise.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ImageError(f"expected (N, C, H, W) images, got shape {images.shape}")
+    scaled = np.nan_to_num(images * 255.0, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def _pil_from_array(image: np.ndarray) -> Image.Image:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ImageError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ImageError(f"expected an (H, W, C) image with C in (1, 3), got shape {image.shape}")
+    if image.shape[2] == 1:
+        return Image.fromarray(np.ascontiguousarray(image[:, :, 0]), "L")
+    return Image.fromarray(np.ascontiguousarray(image), "RGB")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Lossless PNG of a uint8 ``(H, W, C)`` image, C in {1, 3}: grey stays single-channel."""
+    buffer = io.BytesIO()
+    _pil_from_array(image).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def encode_with(image: np.ndarray, fmt: str, quality: int) -> bytes:
+    """Encode a uint8 ``(H, W, C)`` image as JPEG or WebP (or PNG) with Pillow, the classical baselines.
+
+    JPEG uses 4:2:0 chroma subsampling (the common default, so baselines are realistic) and
+    optimised Huffman tables so it is not handicapped by a few wasted bytes.
+    """
+    fmt = fmt.lower()
+    if fmt == "jpg":
+        fmt = "jpeg"
+    if fmt not in ENCODABLE_FORMATS:
+        raise ImageError(f"unknown format {fmt!r}; use one of {', '.join(ENCODABLE_FORMATS)}")
+    if fmt != "png" and not 0 <= quality <= 100:
+        raise ImageError(f"quality must be between 0 and 100, got {quality}")
+    pil = _pil_from_array(image)
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        pil.save(buffer, format="JPEG", quality=quality, optimize=True, subsampling=2)
+    elif fmt == "webp":
+        pil.save(buffer, format="WEBP", quality=quality, method=6)
+    else:
+        pil.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
+    """Tile uint8 ``(N, H, W, C)`` images into one ``(H', W', C)`` picture, row by row, on white."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ImageError(f"expected (N, H, W, C) images, got shape {images.shape}")
+    count, height, width, channels = images.shape
+    if count == 0:
+        raise ImageError("cannot make a grid of zero images")
+    if columns <= 0 or pad < 0:
+        raise ImageError(f"columns must be positive and pad non-negative, got {columns}, {pad}")
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    canvas = np.full(
+        (rows * height + (rows + 1) * pad, columns * width + (columns + 1) * pad, channels),
+        255,
+        dtype=np.uint8,
+    )
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        top = pad + row * (height + pad)
+        left = pad + column * (width + pad)
+        canvas[top : top + height, left : left + width] = image
+    return canvas
