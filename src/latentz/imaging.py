@@ -55,12 +55,11 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Imag
                     f"{max_pixels:,} allowed (refused before decoding)"
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # in place keeps .format for callers
     except ImageError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{name}: refused as a decompression bomb ({error})") from None
+        raise ImageError(f"{name}: refused before decoding as a decompression bomb ({error})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image format (JPEG, PNG, WebP, BMP, ...)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

@@ -1,0 +1,118 @@
+"""Shared fixtures: small data sets generated on the fly, and the real MNIST subset when present.
+
+Everything generated is tiny (a few dozen images) so tests stay fast on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentz.data import write_idx
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_MNIST = REPO.parent / "shared" / "data" / "mnist" / "mnist9k-images-idx3-ubyte.gz"
+IDX_COUNT = 64
+TEST_IDX_COUNT = 16
+
+
+def make_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Digit-like 28x28 uint8 images: a bright stroke (bar or ring) whose shape depends on the label."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count)
+    rows, cols = np.mgrid[0:28, 0:28]
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    for index, label in enumerate(labels):
+        centre_row, centre_col = 14 + rng.integers(-3, 4), 14 + rng.integers(-3, 4)
+        if label % 2 == 0:
+            radius = 5 + label // 2
+            distance = np.hypot(rows - centre_row, cols - centre_col)
+            stroke = np.abs(distance - radius) < 1.5
+        else:
+            stroke = (np.abs(cols - centre_col) < 2) & (np.abs(rows - centre_row) < 4 + label // 2)
+        noise = rng.integers(0, 40, size=(28, 28))
+        images[index] = np.where(stroke, 255 - noise, noise // 4)
+    return images, labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like the official MNIST release (train + t10k, images + labels, gzipped)."""
+    directory = tmp_path_factory.mktemp("idx")
+    images, labels = make_digits(IDX_COUNT, seed=1)
+    write_idx(directory / "train-images-idx3-ubyte.gz", images)
+    write_idx(directory / "train-labels-idx1-ubyte.gz", labels)
+    test_images, test_labels = make_digits(TEST_IDX_COUNT, seed=2)
+    write_idx(directory / "t10k-images-idx3-ubyte.gz", test_images)
+    write_idx(directory / "t10k-labels-idx1-ubyte.gz", test_labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def idx_path(idx_dir: Path) -> Path:
+    """The generated gzipped IDX training images (64 digits of 28x28), with labels beside them."""
+    return idx_dir / "train-images-idx3-ubyte.gz"
+
+
+@pytest.fixture(scope="session")
+def idx_plain_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uncompressed IDX images file with no labels file beside it."""
+    path = tmp_path_factory.mktemp("idx-plain") / "digits-images-idx3-ubyte"
+    write_idx(path, make_digits(20, seed=3)[0])
+    return path
+
+
+def _photo(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    gradient = np.linspace(0, 255, width, dtype=np.float64)[None, :, None]
+    base = np.broadcast_to(gradient, (height, width, 3)) * rng.uniform(0.3, 1.0, size=3)
+    noise = rng.normal(0, 10, size=(height, width, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+PHOTO_FILES = {
+    # name: (width, height, Pillow format)
+    "a_wide.jpg": (96, 48, "JPEG"),
+    "b_tall.png": (40, 80, "PNG"),
+    "c_square.webp": (64, 64, "WEBP"),
+    "d_small.bmp": (30, 20, "BMP"),
+    "nested/deeper/e_nested.JPEG": (120, 90, "JPEG"),
+}
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Photos of mixed formats, sizes and aspect ratios (one nested), one corrupt file and a text file."""
+    directory = tmp_path_factory.mktemp("photos")
+    for seed, (name, (width, height, fmt)) in enumerate(PHOTO_FILES.items()):
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _photo(width, height, seed).save(path, format=fmt)
+    (directory / "z_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (directory / "notes.txt").write_text("not an image")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def photo_count() -> int:
+    """How many readable photos `photo_dir` holds."""
+    return len(PHOTO_FILES)
+
+
+@pytest.fixture()
+def empty_dir(tmp_path: Path) -> Path:
+    """An empty folder (no images at all)."""
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mnist_path() -> Path:
+    """The real 9,000-digit MNIST subset shipped beside the repository; skips when it is absent."""
+    if not REAL_MNIST.is_file():
+        pytest.skip(f"real MNIST subset not found at {REAL_MNIST}")
+    return REAL_MNIST
