@@ -489,3 +489,84 @@ def describe(spec: str, val_fraction: float = 0.1, seed: int = 0) -> dict:
         info["test_path"] = str(test_file.absolute())
         info["splits"]["test"] = len(test_images)
     return info
+
+
+# -- downloads ----------------------------------------------------------------------------------
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+_FASHION_MIRRORS = ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",)
+# SHA-256 of the original gzip files as published upstream; a mirror serving anything else is refused.
+DOWNLOADS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "mnist": (
+        _MNIST_MIRRORS,
+        {
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+    ),
+    "fashion-mnist": (
+        _FASHION_MIRRORS,
+        {
+            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+    ),
+}
+
+
+def _sha256_of(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(name: str, directory: Path | None = None, timeout_s: float = 60.0) -> Path:
+    """Fetch the four standard gzip files of ``name`` over https, checking each SHA-256.
+
+    Files already present with the right checksum are kept. Each file is written to a temporary
+    name and moved into place only once verified, so an interrupted download leaves nothing
+    half-written that would later be mistaken for data.
+    """
+    import urllib.error
+    import urllib.request
+
+    if name not in DOWNLOADS:
+        raise DatasetError(f"cannot download {name!r}; downloadable data sets: {', '.join(DOWNLOADS)}")
+    mirrors, files = DOWNLOADS[name]
+    target = (directory or Path("~/.cache/latentz").expanduser() / name).absolute()
+    target.mkdir(parents=True, exist_ok=True)
+    for file_name, expected in files.items():
+        destination = target / file_name
+        if destination.is_file() and _sha256_of(destination) == expected:
+            continue
+        partial = destination.with_name(destination.name + ".part")
+        failures = []
+        for mirror in mirrors:
+            url = mirror + file_name
+            try:
+                with urllib.request.urlopen(url, timeout=timeout_s) as response, partial.open("wb") as out:
+                    while block := response.read(1 << 20):
+                        out.write(block)
+            except (urllib.error.URLError, OSError, TimeoutError) as error:
+                failures.append(f"{url}: {getattr(error, 'reason', error)}")
+                continue
+            if _sha256_of(partial) == expected:
+                partial.replace(destination)
+                break
+            failures.append(f"{url}: checksum mismatch (not the published file)")
+        else:
+            partial.unlink(missing_ok=True)
+            raise DatasetError(
+                f"could not download {file_name} for {name} (are you offline?): " + "; ".join(failures)
+            )
+    return target
