@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,15 +31,26 @@ from latentz.training import (
     train,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST_SPEC = f"idx:{REPO.parent / 'shared' / 'data' / 'mnist' / 'mnist9k-images-idx3-ubyte.gz'}"
 TINY = ModelConfig(arch="conv", image_size=28, channels=1, latent_dim=4, widths=[8, 16], hidden=32)
 TIMING_KEYS = {"images_per_s", "elapsed_s"}
+MakeConfig = Callable[..., TrainConfig]
 
 
-def tiny_config(**changes: object) -> TrainConfig:
-    base = TrainConfig(data=MNIST_SPEC, model=TINY, epochs=3, batch_size=32, max_train_images=256)
-    return replace(base, **changes)
+@pytest.fixture(scope="module")
+def mnist_spec(mnist_path: Path) -> str:
+    """The real MNIST digits (conftest skips when they are absent)."""
+    return f"idx:{mnist_path}"
+
+
+@pytest.fixture()
+def tiny_config(mnist_spec: str) -> MakeConfig:
+    """A factory of small, fast runs: a tiny conv VAE on 256 real digits."""
+
+    def make(**changes: object) -> TrainConfig:
+        base = TrainConfig(data=mnist_spec, model=TINY, epochs=3, batch_size=32, max_train_images=256)
+        return replace(base, **changes)
+
+    return make
 
 
 def metrics_without_timing(folder: Path) -> list[dict]:
@@ -55,9 +67,10 @@ def assert_same_weights(first: Path, second: Path) -> None:
 
 # -- a real run -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, mnist_spec: str) -> Path:
     out = tmp_path_factory.mktemp("runs") / "mnist-tiny"
-    config = replace(tiny_config(), max_train_images=1000, model=replace(TINY, latent_dim=8), epochs=3)
+    model = replace(TINY, latent_dim=8)
+    config = TrainConfig(data=mnist_spec, model=model, epochs=3, batch_size=32, max_train_images=1000)
     return train(config, out, command=["latentz", "train", "--data", "mnist"], progress=False)
 
 
@@ -91,7 +104,8 @@ def test_the_run_folder_is_a_complete_bundle(trained: Path) -> None:
     assert card["name"] == "mnist-tiny" and card["epochs"] == 3
     assert card["command"] == ["latentz", "train", "--data", "mnist"]
     assert card["command_line"] == "latentz train --data mnist"
-    assert card["n_train"] + card["n_val"] == 1000
+    assert card["n_train"] == 1000 and card["n_val"] == 112  # validation capped in proportion
+    assert "held-out" in card["split"]
     assert card["metrics"]["neg_elbo"] > 0 and card["metrics"]["psnr"] > 0
     stats = card["latent_stats"]
     for key in ("mean", "std", "p1", "p99", "kl"):
@@ -106,7 +120,7 @@ def test_the_run_folder_is_a_complete_bundle(trained: Path) -> None:
 
 # -- resume -------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_resume_gives_exactly_the_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_gives_exactly_the_uninterrupted_run(tmp_path: Path, tiny_config: MakeConfig) -> None:
     """Shuffling, augmentation, noise, KL warm-up and the cosine schedule all continue seamlessly."""
     config = tiny_config(augment=True, kl_warmup_epochs=2, lr_schedule="cosine")
     straight = train(config, tmp_path / "straight", progress=False)
@@ -119,7 +133,7 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_finished_constant_lr_run_can_be_extended(tmp_path: Path) -> None:
+def test_a_finished_constant_lr_run_can_be_extended(tmp_path: Path, tiny_config: MakeConfig) -> None:
     config = tiny_config(lr_schedule="constant")
     straight = train(config, tmp_path / "straight", progress=False)
     shorter = train(replace(config, epochs=2), tmp_path / "extended", progress=False)
@@ -130,7 +144,7 @@ def test_a_finished_constant_lr_run_can_be_extended(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
+def test_resume_refuses_a_different_config(tmp_path: Path, tiny_config: MakeConfig) -> None:
     config = tiny_config(epochs=2)
     out = train(config, tmp_path / "run", progress=False, stop_after_epochs=1)
     with pytest.raises(ConfigError, match=r"lr: 0\.001 -> 0\.01"):
@@ -141,7 +155,7 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
         train(config, out, progress=False)  # an occupied folder is never overwritten silently
 
 
-def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_config: MakeConfig) -> None:
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(tiny_config(), tmp_path / "empty", progress=False, resume=True)
     bad = tmp_path / "bad" / CHECKPOINT_DIR / CHECKPOINT_FILE
@@ -152,7 +166,7 @@ def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
 
 
 # -- divergence ---------------------------------------------------------------------------------
-def test_a_diverging_run_stops_with_a_clear_message(tmp_path: Path) -> None:
+def test_a_diverging_run_stops_with_a_clear_message(tmp_path: Path, tiny_config: MakeConfig) -> None:
     out = tmp_path / "diverged"
     with pytest.raises(TrainingError, match=r"epoch 1, batch \d+/\d+; lower --lr or check the data"):
         train(tiny_config(lr=1e6), out, progress=False)
@@ -161,7 +175,7 @@ def test_a_diverging_run_stops_with_a_clear_message(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_nan_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+def test_nan_keeps_the_last_good_checkpoint(tmp_path: Path, tiny_config: MakeConfig) -> None:
     """Weights that went bad after epoch 1 (here: poisoned on disk) stop epoch 2 without a new save."""
     config = tiny_config(epochs=3)
     out = train(config, tmp_path / "run", progress=False, stop_after_epochs=1)
@@ -176,9 +190,24 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     assert len((out / METRICS_FILE).read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_photos_train_with_augmentation_and_a_learned_scale(tmp_path: Path, photo_dir: Path) -> None:
+    model = ModelConfig(arch="conv", image_size=16, channels=3, latent_dim=3, widths=[4, 8], hidden=16,
+                        likelihood="gaussian-learned")  # fmt: skip
+    config = TrainConfig(data=f"folder:{photo_dir}", model=model, epochs=2, batch_size=2, augment=True,
+                         val_fraction=0.2)  # fmt: skip
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        out = train(config, tmp_path / "photos", progress=False)
+    card = bundle.read_card(out)
+    assert card["skipped_files"] == 1 and "unreadable" in card["split"]
+    assert card["n_train"] + card["n_val"] == 5
+    assert load_file(out / bundle.WEIGHTS_FILE)["log_scale"].shape == (3,)
+    assert (out / bundle.PLOTS_DIR / "traversal.png").is_file()
+
+
 # -- pieces -------------------------------------------------------------------------------------
 def test_kl_warmup_and_learning_rate_schedules() -> None:
-    config = tiny_config(beta=2.0, kl_warmup_epochs=4, epochs=10)
+    config = TrainConfig(beta=2.0, kl_warmup_epochs=4, epochs=10, lr=1e-3)
     assert [kl_weight_at(config, e) for e in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
     assert kl_weight_at(replace(config, kl_warmup_epochs=0), 0) == 2.0
     assert lr_at(config, 0) == pytest.approx(1e-3)
@@ -208,7 +237,7 @@ def test_augmentation_is_seeded_small_and_in_range() -> None:
 def test_config_layers_defaults_file_and_flags(tmp_path: Path) -> None:
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps({"epochs": 7, "lr": 0.002, "model": {"latent_dim": 6}}))
-    config = build_config(MNIST_SPEC, config_file, {"epochs": 2}, {"widths": [16, 32]})
+    config = build_config("mnist", config_file, {"epochs": 2}, {"widths": [16, 32]})
     assert (config.epochs, config.lr) == (2, 0.002)
     assert config.model.latent_dim == 6 and config.model.widths == [16, 32]
     assert config.model.likelihood == "bernoulli" and config.model.image_size == 28
@@ -221,17 +250,17 @@ def test_config_file_with_wrong_types_is_a_config_error(tmp_path: Path) -> None:
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps({"model": {"widths": "abc"}}))
     with pytest.raises(ConfigError, match="invalid configuration"):
-        build_config(MNIST_SPEC, config_file, {}, {})
+        build_config("mnist", config_file, {}, {})
     config_file.write_text(json.dumps({"epochs": "many"}))
     with pytest.raises(ConfigError, match="invalid configuration"):
-        build_config(MNIST_SPEC, config_file, {}, {})
+        build_config("mnist", config_file, {}, {})
     config_file.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
-        build_config(MNIST_SPEC, config_file, {}, {})
+        build_config("mnist", config_file, {}, {})
 
 
 @pytest.mark.slow
-def test_cli_resume_needs_only_the_folder(tmp_path: Path) -> None:
+def test_cli_resume_needs_only_the_folder(tmp_path: Path, tiny_config: MakeConfig) -> None:
     out = train(tiny_config(epochs=2), tmp_path / "run", progress=False, stop_after_epochs=1)
     result = CliRunner().invoke(app, ["train", "-o", str(out), "--resume", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -252,7 +281,7 @@ def test_cli_resume_needs_only_the_folder(tmp_path: Path) -> None:
     ],
 )
 def test_cli_errors_are_one_clear_line(tmp_path: Path, arguments: list[str], message: str) -> None:
-    result = CliRunner().invoke(app, ["train", "--data", MNIST_SPEC, "-o", str(tmp_path / "m"), *arguments])
+    result = CliRunner().invoke(app, ["train", "--data", "mnist", "-o", str(tmp_path / "m"), *arguments])
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
@@ -267,9 +296,9 @@ def test_cli_reports_missing_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_trains_a_bundle_end_to_end(tmp_path: Path) -> None:
+def test_cli_trains_a_bundle_end_to_end(tmp_path: Path, mnist_spec: str) -> None:
     out = tmp_path / "cli-model"
-    args = ["train", "--data", MNIST_SPEC, "-o", str(out), "--limit", "256", "--epochs", "1",
+    args = ["train", "--data", mnist_spec, "-o", str(out), "--limit", "256", "--epochs", "1",
             "--widths", "8,16", "--hidden", "32", "--latent-dim", "3", "--no-progress"]  # fmt: skip
     env = {**os.environ, "LATENTZ_MODELS": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "latentz", *args], capture_output=True, text=True, env=env)

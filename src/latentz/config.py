@@ -95,7 +95,8 @@ class TrainConfig:
     ``lr_schedule`` "cosine" decays the learning rate along a half cosine from ``lr`` to ``lr / 10``
     over the run (usually a slightly better final ELBO); "constant" keeps it fixed, which is what
     lets a finished run be extended with more epochs later. ``max_train_images`` caps the number
-    of images read (quick experiments, tests); None reads the whole data set.
+    of training images (quick experiments, tests), and the validation images in proportion;
+    None uses the whole data set.
     """
 
     data: str = "mnist"

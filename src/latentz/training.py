@@ -36,6 +36,8 @@ from torch.nn import functional as F
 import latentz
 from latentz import bundle
 from latentz.config import ConfigError, TrainConfig, from_dict, to_dict
+from latentz.data import load_dataset
+from latentz.metrics import psnr
 from latentz.models import VAE, build_model, count_parameters, save_weights
 
 CHECKPOINT_DIR = "checkpoint"
@@ -93,8 +95,6 @@ def lr_at(config: TrainConfig, epoch_progress: float) -> float:
 
 # -- data -------------------------------------------------------------------------------------
 def _load_data(config: TrainConfig) -> _Data:
-    from latentz.data import load_dataset
-
     model = config.model
     sets = {
         split: load_dataset(
@@ -104,7 +104,7 @@ def _load_data(config: TrainConfig) -> _Data:
             channels=model.channels,
             val_fraction=config.val_fraction,
             seed=SPLIT_SEED,
-            limit=config.max_train_images,
+            limit=split_limit(config, split),
         )
         for split in ("train", "val")
     }
@@ -119,15 +119,23 @@ def _load_data(config: TrainConfig) -> _Data:
             raise TrainingError(
                 f"the {split} split of {config.data} is empty; use more images or another --val-fraction"
             )
-    val_labels = sets["val"].labels
+    train_set, val_set = sets["train"], sets["val"]
     return _Data(
-        train=torch.from_numpy(np.ascontiguousarray(sets["train"].images).copy()),
-        val=torch.from_numpy(np.ascontiguousarray(sets["val"].images).copy()),
-        val_labels=None if val_labels is None else np.asarray(val_labels),
-        spec=sets["train"].spec,
-        source_note=str(getattr(sets["train"], "source_note", "")),
-        skipped=int(getattr(sets["train"], "skipped", 0) or 0),
+        train=torch.from_numpy(np.ascontiguousarray(train_set.images).copy()),
+        val=torch.from_numpy(np.ascontiguousarray(val_set.images).copy()),
+        val_labels=val_set.labels,
+        spec=train_set.spec,
+        source_note=train_set.source_note,
+        skipped=train_set.skipped + val_set.skipped,
     )
+
+
+def split_limit(config: TrainConfig, split: str) -> int | None:
+    """``max_train_images`` caps the training split; validation shrinks in the same proportion."""
+    cap = config.max_train_images
+    if cap is None or split == "train":
+        return cap
+    return max(1, math.ceil(cap * config.val_fraction / (1 - config.val_fraction)))
 
 
 def to_float(batch: Tensor) -> Tensor:
@@ -169,13 +177,6 @@ def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 # -- evaluation -------------------------------------------------------------------------------
-def psnr_db(originals: np.ndarray, reconstructions: np.ndarray) -> float:
-    """Mean per-image PSNR in dB for uint8 images (the same figure `latentz eval` reports)."""
-    from latentz.metrics import psnr
-
-    return float(np.mean(psnr(originals, reconstructions)))
-
-
 @torch.no_grad()
 def validate(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> dict[str, float]:
     """True (beta = 1) ELBO terms per image and PSNR of the mean reconstruction, with fixed noise."""
@@ -197,7 +198,8 @@ def validate(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> dict[s
     model.train(was_training)
     metrics = {key: value / len(images) for key, value in totals.items()}
     metrics["bits_per_dim"] = metrics["neg_elbo"] / (model.config.num_pixels * math.log(2))
-    metrics["psnr"] = psnr_db(images.numpy(), np.concatenate(reconstructions))
+    # Mean of per-image PSNRs, the figure `latentz eval` reports too.
+    metrics["psnr"] = psnr(images.numpy(), np.concatenate(reconstructions))
     return metrics
 
 
@@ -471,7 +473,7 @@ def train(
                 )
             epoch_train_s = time.perf_counter() - epoch_start
             val = validate(model, data.val)
-            if not all(math.isfinite(v) for v in val.values()):
+            if not all(math.isfinite(val[key]) for key in ("neg_elbo", "recon", "kl")):
                 raise TrainingError(
                     f"validation metrics are not finite after epoch {epoch + 1} ({val}); lower "
                     f"--lr or check the data"

@@ -32,8 +32,8 @@ GREY_DEFAULTS: dict[str, Any] = {
 }
 #: Photo folders: four stride-2 stages for 64x64 RGB, a learned Gaussian pixel scale.
 PHOTO_DEFAULTS: dict[str, Any] = {
-    "epochs": 150,
-    "batch_size": 64,
+    "epochs": 100,
+    "batch_size": 32,
     "model": {
         "arch": "conv",
         "image_size": 64,
