@@ -66,7 +66,8 @@ def test_format_is_sniffed_from_content_not_the_name(tmp_path: Path) -> None:
     [
         (b"", "not a recognised image"),
         (b"hello, I am text", "not a recognised image"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "not a recognised image"),
+        (b"BM" + b"\x00" * 40, "corrupt or truncated"),
     ],
 )
 def test_garbage_bytes_are_an_image_error(payload: bytes, message: str) -> None:
