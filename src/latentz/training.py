@@ -197,7 +197,6 @@ def validate(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> dict[s
         reconstructions.append(to_uint8(model.decode_mean(mean)))
     model.train(was_training)
     metrics = {key: value / len(images) for key, value in totals.items()}
-    metrics["bits_per_dim"] = metrics["neg_elbo"] / (model.config.num_pixels * math.log(2))
     # Mean of per-image PSNRs, the figure `latentz eval` reports too.
     metrics["psnr"] = psnr(images.numpy(), np.concatenate(reconstructions))
     return metrics
@@ -383,6 +382,53 @@ def _prepare_folder(out_dir: Path, resume: bool) -> Path:
     return checkpoint
 
 
+def _train_epoch(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    config: TrainConfig,
+    epoch: int,
+    generator: torch.Generator,
+    bar: _Progress,
+    checkpoint_path: Path,
+) -> dict[str, float]:
+    """One pass over the shuffled training images; returns summed loss, -ELBO and KL."""
+    started = time.perf_counter()
+    sums = {"loss": 0.0, "neg_elbo": 0.0, "kl": 0.0}
+    count = len(images)
+    batches = math.ceil(count / config.batch_size)
+    order = torch.randperm(count, generator=generator)
+    for index in range(batches):
+        x = to_float(images[order[index * config.batch_size : (index + 1) * config.batch_size]])
+        if config.augment:
+            x = augment_batch(x, generator)
+        position = epoch + index / batches
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, position) * group["lr_factor"]
+        out = model(x, kl_weight=kl_weight_at(config, position))
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            kept = (
+                f"the last good checkpoint (epoch {epoch}) is kept in {checkpoint_path}"
+                if epoch > 0
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, batch "
+                f"{index + 1}/{batches}; lower --lr or check the data ({kept})"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums["loss"] += loss.item() * len(x)
+        sums["neg_elbo"] += float(out["neg_elbo"].sum())
+        sums["kl"] += float(out["kl"].sum())
+        done = index * config.batch_size + len(x)
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        bar.update(f"epoch {epoch + 1}/{config.epochs}", len(x), rate, loss.item())
+    return sums
+
+
 def train(
     config: TrainConfig,
     out_dir: Path,
@@ -426,51 +472,13 @@ def train(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle.atomic_write_json(out_dir / TRAIN_CONFIG_FILE, to_dict(config))
-    batches_per_epoch = math.ceil(n_train / config.batch_size)
     end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
     bar = _Progress(progress, total_images=n_train * end_epoch, done_images=n_train * start_epoch)
     model.train()
     try:
         for epoch in range(start_epoch, end_epoch):
             epoch_start = time.perf_counter()
-            sums = {"loss": 0.0, "neg_elbo": 0.0, "kl": 0.0}
-            order = torch.randperm(n_train, generator=generator)
-            for batch_index in range(batches_per_epoch):
-                x = to_float(
-                    data.train[order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]]
-                )
-                if config.augment:
-                    x = augment_batch(x, generator)
-                position = epoch + batch_index / batches_per_epoch
-                kl_weight = kl_weight_at(config, position)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(config, position) * group["lr_factor"]
-                out = model(x, kl_weight=kl_weight)
-                loss = out["loss"]
-                if not torch.isfinite(loss):
-                    kept = (
-                        f"the last good checkpoint (epoch {epoch}) is kept in {checkpoint_path}"
-                        if epoch > 0
-                        else "no checkpoint was written yet"
-                    )
-                    raise TrainingError(
-                        f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, batch "
-                        f"{batch_index + 1}/{batches_per_epoch}; lower --lr or check the data ({kept})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                size = len(x)
-                sums["loss"] += loss.item() * size
-                sums["neg_elbo"] += float(out["neg_elbo"].sum())
-                sums["kl"] += float(out["kl"].sum())
-                seconds = time.perf_counter() - epoch_start
-                bar.update(
-                    f"epoch {epoch + 1}/{config.epochs}",
-                    size,
-                    (batch_index * config.batch_size + size) / max(seconds, 1e-9),
-                    loss.item(),
-                )
+            sums = _train_epoch(model, optimizer, data.train, config, epoch, generator, bar, checkpoint_path)
             epoch_train_s = time.perf_counter() - epoch_start
             val = validate(model, data.val)
             if not all(math.isfinite(val[key]) for key in ("neg_elbo", "recon", "kl")):

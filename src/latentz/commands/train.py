@@ -133,7 +133,9 @@ def register(app: typer.Typer) -> None:
             None, "--image-size", help="Square image side the model sees (grey default 28, photos 64)."
         ),
         channels: int = typer.Option(None, "--channels", help="1 (grey) or 3 (RGB)."),
-        latent_dim: int = typer.Option(None, "--latent-dim", help="Number of latent dimensions."),
+        latent_dim: int = typer.Option(
+            None, "--latent-dim", help="Number of latent dimensions (default 10 grey, 32 photos)."
+        ),
         widths: str = typer.Option(
             None,
             "--widths",
@@ -150,8 +152,12 @@ def register(app: typer.Typer) -> None:
             help="Pixel std (gaussian) or diversity (laplace) in "
             "[0,1] pixel units; the starting value for gaussian-learned.",
         ),
-        epochs: int = typer.Option(None, "--epochs", help="Passes over the training split."),
-        batch_size: int = typer.Option(None, "--batch-size", help="Images per optimisation step."),
+        epochs: int = typer.Option(
+            None, "--epochs", help="Passes over the training split (default 30 grey, 100 photos)."
+        ),
+        batch_size: int = typer.Option(
+            None, "--batch-size", help="Images per optimisation step (default 128 grey, 32 photos)."
+        ),
         lr: float = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
         lr_schedule: str = typer.Option(
             None,
@@ -179,7 +185,11 @@ def register(app: typer.Typer) -> None:
         augment: bool = typer.Option(
             None, "--augment/--no-augment", help="Random flips, small shifts and colour jitter (for photos)."
         ),
-        limit: int = typer.Option(None, "--limit", help="Read at most N images (quick experiments)."),
+        limit: int = typer.Option(
+            None,
+            "--limit",
+            help="Use at most N training images (validation shrinks in proportion); quick runs.",
+        ),
         resume: bool = typer.Option(
             False,
             "--resume",
