@@ -30,10 +30,11 @@ GREY_DEFAULTS: dict[str, Any] = {
         "scale": 0.1,
     },
 }
-#: Photo folders: four stride-2 stages for 64x64 RGB, a learned Gaussian pixel scale.
+#: Photo folders: four stride-2 stages for 64x64 RGB, a learned Gaussian pixel scale, augmentation.
 PHOTO_DEFAULTS: dict[str, Any] = {
     "epochs": 100,
     "batch_size": 32,
+    "augment": True,  # a thousand photos overfit quickly without it
     "model": {
         "arch": "conv",
         "image_size": 64,
@@ -183,7 +184,9 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(None, "--seed", help="Seed for initialisation, shuffling and noise."),
         augment: bool = typer.Option(
-            None, "--augment/--no-augment", help="Random flips, small shifts and colour jitter (for photos)."
+            None,
+            "--augment/--no-augment",
+            help="Random flips, small shifts, colour jitter (default on for photo folders, off for digits).",
         ),
         limit: int = typer.Option(
             None,
