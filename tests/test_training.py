@@ -244,6 +244,7 @@ def test_config_layers_defaults_file_and_flags(tmp_path: Path) -> None:
     photos = build_config(f"folder:{tmp_path}", None, {}, {})
     assert photos.model.channels == 3 and photos.model.likelihood == "gaussian-learned"
     assert photos.model.image_size == 64
+    assert photos.augment and not config.augment
 
 
 def test_config_file_with_wrong_types_is_a_config_error(tmp_path: Path) -> None:
