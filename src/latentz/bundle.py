@@ -126,12 +126,23 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write then rename, so a crash never leaves a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; bundles are meant to be shared
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -152,3 +163,16 @@ def update_card(path: Path, **fields: Any) -> dict[str, Any]:
     card.update(fields)
     atomic_write_json(path / CARD_FILE, card)
     return card
+
+
+def find_by_fingerprint(prefix: bytes) -> BundleInfo | None:
+    """The installed bundle whose fingerprint starts with ``prefix`` (as a .latentz file names it)."""
+    wanted = prefix.hex()
+    for path in list_bundles():
+        try:
+            info = read_bundle(path)
+        except (OSError, ValueError):
+            continue
+        if info.fingerprint.startswith(wanted):
+            return info
+    return None

@@ -81,6 +81,27 @@ class ModelConfig:
     def num_pixels(self) -> int:
         return self.channels * self.image_size * self.image_size
 
+    @property
+    def downsampling(self) -> int:
+        """How many pixels of each side one latent position covers (spatial models), else 1."""
+        return 2 ** len(self.widths) if self.arch == "spatial" else 1
+
+    @property
+    def fully_convolutional(self) -> bool:
+        """True when the model takes any image size and its latent grows with the image."""
+        return self.arch == "spatial"
+
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """Shape of one image's latent: ``(latent_dim,)``, or ``(latent_dim, h, w)`` for a spatial
+        model, where ``h, w`` are the image's sides divided by `downsampling`, rounded up (the
+        runtime pads images to whole latent cells)."""
+        if not self.fully_convolutional:
+            return (self.latent_dim,)
+        height = height or self.image_size
+        width = width or self.image_size
+        factor = self.downsampling
+        return (self.latent_dim, -(-height // factor), -(-width // factor))
+
 
 @dataclass
 class TrainConfig:

@@ -1,27 +1,32 @@
-"""ONNX export: the encoder and decoder halves of a bundle as two single-file ONNX models.
+"""Finishing a bundle for torch-free use: ONNX encoder and decoder, parity check, entropy model.
 
-The receiver of a .latentz file needs only ``decoder.onnx``; the browser explorer needs both.
-Files are written with ``external_data=False`` because ONNX Runtime Web cannot fetch side files.
+The receiver of a .latentz file needs only ``decoder.onnx`` and ``entropy_model.json``; the
+browser explorer needs both ONNX files. Files are written with ``external_data=False`` because
+ONNX Runtime Web cannot fetch side files.
 
-Signatures (batch dimension dynamic, named ``batch``)::
+Signatures (batch dynamic, and height/width too for fully convolutional models)::
 
-    encoder.onnx   image  float32 (batch, C, H, W) in [0, 1]  ->  mean, logvar  float32 (batch, D)
-    decoder.onnx   latent float32 (batch, D)                  ->  image  float32 (batch, C, H, W) in [0, 1]
+    encoder.onnx   image  float32 (batch, C, H, W) in [0, 1]  ->  mean, logvar  float32 (batch, *latent)
+    decoder.onnx   latent float32 (batch, *latent)            ->  image  float32 (batch, C, H, W) in [0, 1]
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latentz.bundle import DECODER_FILE, ENCODER_FILE, resolve_bundle
+from latentz import bundle, codec
 from latentz.models import VAE, load_model
 
 OPSET = 18
+PARITY_IMAGES = 64
+POSTERIOR_BATCH = 256
 
 
 class _EncoderGraph(nn.Module):
@@ -42,23 +47,36 @@ class _DecoderGraph(nn.Module):
         return self.vae.decode_mean(latent)
 
 
+def _dynamic_axes(rank: int, spatial: bool) -> dict[int, Any]:
+    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if spatial and rank == 4:
+        axes.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+    return axes
+
+
 def _export(module: nn.Module, example: Tensor, path: Path, inputs: list[str], outputs: list[str]) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    spatial = module.vae.config.fully_convolutional  # type: ignore[union-attr]
     tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamic_shapes=({0: batch},),
-            input_names=inputs,
-            output_names=outputs,
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-        program.save(str(tmp), external_data=False)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it lists every torchvision op it skips
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamic_shapes=(_dynamic_axes(example.ndim, spatial),),
+                input_names=inputs,
+                output_names=outputs,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+            program.save(str(tmp), external_data=False)
+    finally:
+        exporter_log.setLevel(level)
     tmp.replace(path)
 
 
@@ -68,10 +86,11 @@ def export_onnx(vae: VAE, out_dir: str | Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     vae = vae.eval()
     config = vae.config
-    encoder_path, decoder_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
-    _export(_EncoderGraph(vae), torch.rand(2, *config.image_shape), encoder_path,
-            ["image"], ["mean", "logvar"])
-    _export(_DecoderGraph(vae), torch.randn(2, config.latent_dim), decoder_path, ["latent"], ["image"])
+    encoder_path, decoder_path = out_dir / bundle.ENCODER_FILE, out_dir / bundle.DECODER_FILE
+    example_image = torch.rand(2, *config.image_shape)
+    example_latent = torch.randn(2, *config.latent_shape())
+    _export(_EncoderGraph(vae), example_image, encoder_path, ["image"], ["mean", "logvar"])
+    _export(_DecoderGraph(vae), example_latent, decoder_path, ["latent"], ["image"])
     return encoder_path, decoder_path
 
 
@@ -82,11 +101,11 @@ def parity_check(vae: VAE, out_dir: str | Path, images: np.ndarray) -> dict[str,
     out_dir = Path(out_dir)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    encoder = ort.InferenceSession(str(out_dir / ENCODER_FILE), options, providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(out_dir / DECODER_FILE), options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    encoder = ort.InferenceSession(str(out_dir / bundle.ENCODER_FILE), options, providers=providers)
+    decoder = ort.InferenceSession(str(out_dir / bundle.DECODER_FILE), options, providers=providers)
     with torch.no_grad():
-        x = torch.from_numpy(images)
-        mean, logvar = vae.encode(x)
+        mean, logvar = vae.encode(torch.from_numpy(images))
         image = vae.decode_mean(mean)
     onnx_mean, onnx_logvar = encoder.run(None, {"image": images})
     (onnx_image,) = decoder.run(None, {"latent": mean.numpy()})
@@ -98,7 +117,73 @@ def parity_check(vae: VAE, out_dir: str | Path, images: np.ndarray) -> dict[str,
     }
 
 
-def export_bundle(model: str | Path) -> tuple[Path, Path]:
-    """Export a bundle's ONNX files in place."""
-    path = resolve_bundle(model)
-    return export_onnx(load_model(path), path)
+@torch.no_grad()
+def posterior(
+    vae: VAE, images: np.ndarray, batch_size: int = POSTERIOR_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means and stds (float64 numpy) of uint8 ``(N, H, W, C)`` images, in batches."""
+    from latentz.imaging import to_float_nchw
+
+    vae.eval()
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        mean, logvar = vae.encode(torch.from_numpy(to_float_nchw(images[start : start + batch_size])))
+        means.append(mean.double().numpy())
+        stds.append(torch.exp(0.5 * logvar).double().numpy())
+    return np.concatenate(means), np.concatenate(stds)
+
+
+def fit_entropy_model(
+    means: np.ndarray, stds: np.ndarray, out_dir: Path, fitted_on: dict[str, Any]
+) -> codec.EntropyModel:
+    """Fit the codec's integer entropy model to training posteriors and save it in the bundle."""
+    entropy = codec.fit(means, stds, fitted_on=fitted_on)
+    entropy.save(Path(out_dir) / bundle.ENTROPY_MODEL_FILE)
+    return entropy
+
+
+def finish_bundle(
+    vae: VAE,
+    out_dir: Path,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    data_note: dict[str, Any],
+    posterior_train: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Entropy model from the training images, ONNX files, and parity on validation images.
+
+    Returns the card fields describing them (the caller writes the card).
+    """
+    from latentz.imaging import to_float_nchw
+
+    means, stds = posterior_train if posterior_train is not None else posterior(vae, train_images)
+    entropy = fit_entropy_model(means, stds, out_dir, data_note)
+    export_onnx(vae, out_dir)
+    parity = parity_check(vae, out_dir, to_float_nchw(val_images[:PARITY_IMAGES]))
+    return {
+        "onnx": {"opset": OPSET, "torch": torch.__version__, **parity},
+        "entropy_model": {"id": entropy.id, "sha256": entropy.sha256, **entropy.fitted_on},
+    }
+
+
+def export_bundle(model: str | Path) -> dict[str, Any]:
+    """`latentz export`: finish a bundle in place, refitting on the run's own training split."""
+    from latentz.config import load_train_config
+    from latentz.training import TRAIN_CONFIG_FILE, load_training_data
+
+    path = bundle.resolve_bundle(model)
+    config_path = path / TRAIN_CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(
+            f"{path} has no {TRAIN_CONFIG_FILE}; the entropy model is fitted on the training split"
+        )
+    data = load_training_data(load_train_config(config_path))
+    fields = finish_bundle(
+        load_model(path), path, data.train.numpy(), data.val.numpy(), entropy_note(data.spec, len(data.train))
+    )
+    bundle.update_card(path, **fields)
+    return fields
+
+
+def entropy_note(spec: str, n_images: int) -> dict[str, Any]:
+    return {"data": spec, "split": "train", "n_images": n_images}

@@ -142,7 +142,7 @@ def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
-def _pil_from_array(image: np.ndarray) -> Image.Image:
+def to_pil(image: np.ndarray) -> Image.Image:
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ImageError(f"expected a uint8 image, got {image.dtype}")
@@ -158,7 +158,7 @@ def _pil_from_array(image: np.ndarray) -> Image.Image:
 def png_bytes(image: np.ndarray) -> bytes:
     """Lossless PNG of a uint8 ``(H, W, C)`` image, C in {1, 3}: grey stays single-channel."""
     buffer = io.BytesIO()
-    _pil_from_array(image).save(buffer, format="PNG", optimize=False)
+    to_pil(image).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
 
 
@@ -175,7 +175,7 @@ def encode_with(image: np.ndarray, fmt: str, quality: int) -> bytes:
         raise ImageError(f"unknown format {fmt!r}; use one of {', '.join(ENCODABLE_FORMATS)}")
     if fmt != "png" and not 0 <= quality <= 100:
         raise ImageError(f"quality must be between 0 and 100, got {quality}")
-    pil = _pil_from_array(image)
+    pil = to_pil(image)
     buffer = io.BytesIO()
     if fmt == "jpeg":
         pil.save(buffer, format="JPEG", quality=quality, optimize=True, subsampling=2)

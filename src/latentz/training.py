@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 import latentz
-from latentz import bundle
+from latentz import bundle, export
 from latentz.config import ConfigError, TrainConfig, from_dict, to_dict
 from latentz.data import load_dataset
 from latentz.metrics import psnr
@@ -66,7 +66,7 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
-class _Data:
+class TrainingData:
     train: Tensor  # uint8 (N, H, W, C)
     val: Tensor
     val_labels: np.ndarray | None
@@ -94,7 +94,8 @@ def lr_at(config: TrainConfig, epoch_progress: float) -> float:
 
 
 # -- data -------------------------------------------------------------------------------------
-def _load_data(config: TrainConfig) -> _Data:
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """The run's train and validation images, exactly as training sees them (split, limit, size)."""
     model = config.model
     sets = {
         split: load_dataset(
@@ -120,7 +121,7 @@ def _load_data(config: TrainConfig) -> _Data:
                 f"the {split} split of {config.data} is empty; use more images or another --val-fraction"
             )
     train_set, val_set = sets["train"], sets["val"]
-    return _Data(
+    return TrainingData(
         train=torch.from_numpy(np.ascontiguousarray(train_set.images).copy()),
         val=torch.from_numpy(np.ascontiguousarray(val_set.images).copy()),
         val_labels=val_set.labels,
@@ -213,20 +214,22 @@ def posterior_means(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) ->
     return torch.cat(means), torch.cat(logvars)
 
 
-def latent_stats(model: VAE, images: Tensor) -> dict[str, list[float]]:
-    """Per-dimension statistics of the posterior means over ``images``, plus the mean KL per dimension.
+def latent_stats(mean: Tensor, logvar: Tensor) -> dict[str, list[float]]:
+    """Per-channel statistics of posterior means (N, C, ...), plus the mean KL per channel.
 
-    The explorer sets its slider ranges from p1/p99; ``kl`` (nats) says which dimensions are in use.
+    The explorer sets its slider ranges from p1/p99; ``kl`` (nats, summed over a channel's
+    positions for spatial latents) says which channels are in use.
     """
-    mean, logvar = posterior_means(model, images)
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-    means = mean.double().numpy()
+    channels = mean.shape[1]
+    means = mean.double().movedim(1, 0).reshape(channels, -1).numpy()
+    kl_per_channel = kl.double().flatten(2).sum(2) if kl.ndim > 2 else kl.double()
     return {
-        "mean": means.mean(0).tolist(),
-        "std": means.std(0).tolist(),
-        "p1": np.percentile(means, 1, axis=0).tolist(),
-        "p99": np.percentile(means, 99, axis=0).tolist(),
-        "kl": kl.double().mean(0).tolist(),
+        "mean": means.mean(1).tolist(),
+        "std": means.std(1).tolist(),
+        "p1": np.percentile(means, 1, axis=1).tolist(),
+        "p99": np.percentile(means, 99, axis=1).tolist(),
+        "kl": kl_per_channel.mean(0).tolist(),
     }
 
 
@@ -452,7 +455,7 @@ def train(
         _check_resumable(from_dict(TrainConfig, state["config"]), config, state["epoch"])
 
     torch.manual_seed(config.seed)
-    data = _load_data(config)
+    data = load_training_data(config)
     n_train = len(data.train)
     if state is not None and state["n_train"] != n_train:
         raise TrainingError(
@@ -541,7 +544,7 @@ def write_bundle(
     model: VAE,
     config: TrainConfig,
     out_dir: Path,
-    data: _Data,
+    data: TrainingData,
     history: list[dict[str, Any]],
     *,
     elapsed_s: float,
@@ -554,7 +557,16 @@ def write_bundle(
     save_weights(model, weights)
     bundle.atomic_write_json(out_dir / bundle.CONFIG_FILE, to_dict(config.model))
     bundle.atomic_write_json(out_dir / TRAIN_CONFIG_FILE, to_dict(config))
-    stats = latent_stats(model, data.train)
+    mean, logvar = posterior_means(model, data.train)
+    stats = latent_stats(mean, logvar)
+    finished = export.finish_bundle(
+        model,
+        out_dir,
+        data.train.numpy(),
+        data.val.numpy(),
+        export.entropy_note(data.spec, len(data.train)),
+        posterior_train=(mean.double().numpy(), (0.5 * logvar).exp().double().numpy()),
+    )
     write_plots(model, data, history, out_dir / bundle.PLOTS_DIR, stats["kl"])
     final = history[-1]
     argv = list(command) if command else []
@@ -578,6 +590,7 @@ def write_bundle(
         ),
         "fingerprint": bundle.sha256_file(weights),
         "latent_stats": stats,
+        **finished,
         "parameters": count_parameters(model),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
@@ -596,7 +609,7 @@ def _pick_pair(labels: np.ndarray | None, count: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def write_plots(
-    model: VAE, data: _Data, history: list[dict[str, Any]], plots_dir: Path, kl_per_dim: list[float]
+    model: VAE, data: TrainingData, history: list[dict[str, Any]], plots_dir: Path, kl_per_dim: list[float]
 ) -> None:
     """The five bundle figures: reconstructions, samples, traversal, interpolation, loss."""
     from latentz import plots

@@ -1,0 +1,267 @@
+"""Inference on a bundle with ONNX Runtime, numpy and Pillow only: what receivers and servers run.
+
+Importing this module, encoding and decoding never import torch. A `ModelRuntime` loads its ONNX
+sessions lazily and once: a receiver that holds only ``decoder.onnx`` can still decompress, and
+a server shares one runtime per model across threads (ONNX Runtime's ``run`` is thread-safe).
+
+Images are uint8 ``(H, W, C)`` (or ``(N, H, W, C)``); latents float32 ``(N, *latent_shape)``.
+Fixed-size models see images resized so the short side fits and centre-cropped, never squashed;
+a fully convolutional (spatial) model takes the image as it is, padded at the right and bottom to
+whole latent cells, and its output is cropped back.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from latentz import codec, imaging
+from latentz.bundle import DECODER_FILE, ENCODER_FILE, ENTROPY_MODEL_FILE, BundleInfo, read_bundle
+
+
+class ModelRuntimeError(RuntimeError):
+    """A bundle that cannot run here, such as one whose ONNX files were never exported."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image as the model sees it, and what was done to get there (said to the user)."""
+
+    image: np.ndarray  # uint8 (H, W, C)
+    original_size: tuple[int, int]  # (width, height) of the input
+    note: str
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelRuntimeError(f"{path} is missing; run `latentz export {path.parent}` to create it")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class ModelRuntime:
+    """One bundle's encoder, decoder and entropy model, loaded on first use."""
+
+    def __init__(self, info: BundleInfo, threads: int = 1) -> None:
+        self.info = info
+        self.config = info.config
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._encoder: Any = None
+        self._decoder: Any = None
+        self._entropy: codec.EntropyModel | None = None
+
+    @classmethod
+    def load(cls, model: str | Path, threads: int = 1) -> ModelRuntime:
+        return cls(read_bundle(model), threads=threads)
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def encoder(self) -> Any:
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = _session(self.info.file(ENCODER_FILE), self.threads)
+            return self._encoder
+
+    @property
+    def decoder(self) -> Any:
+        with self._lock:
+            if self._decoder is None:
+                self._decoder = _session(self.info.file(DECODER_FILE), self.threads)
+            return self._decoder
+
+    @property
+    def entropy(self) -> codec.EntropyModel:
+        with self._lock:
+            if self._entropy is None:
+                self._entropy = codec.EntropyModel.load(self.info.file(ENTROPY_MODEL_FILE))
+            return self._entropy
+
+    # -- images ---------------------------------------------------------------------------
+    def prepare(self, source: str | Path | bytes | Image.Image | np.ndarray) -> Prepared:
+        """Turn a path, bytes, PIL image or uint8 array into the array this model encodes."""
+        config = self.config
+        if isinstance(source, np.ndarray):
+            array = np.asarray(source)
+            if array.dtype != np.uint8 or array.ndim not in (2, 3):
+                raise imaging.ImageError(
+                    f"expected a uint8 (H, W[, C]) image, got {array.dtype} {array.shape}"
+                )
+            pil = imaging.to_pil(array)
+        elif isinstance(source, Image.Image):
+            pil = source
+        else:
+            pil = imaging.open_image(source)
+        width, height = pil.size
+        if config.fully_convolutional:
+            image = imaging.to_array(pil, None, config.channels)
+            note = f"{width}x{height} encoded at its own size"
+        else:
+            image = imaging.to_array(pil, config.image_size, config.channels)
+            side = min(width, height)
+            if width == height == config.image_size:
+                note = f"{width}x{height}, the model's own size"
+            elif width == height:
+                note = f"resized {width}x{height} to {config.image_size}x{config.image_size}"
+            else:
+                note = (
+                    f"centre-cropped {width}x{height} to {side}x{side} (aspect kept) and resized to "
+                    f"{config.image_size}x{config.image_size}, the model's fixed size"
+                )
+        return Prepared(image=image, original_size=(width, height), note=note)
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        config = self.config
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != config.channels:
+            raise imaging.ImageError(
+                f"{self.name} takes uint8 images with {config.channels} channel(s), got {images.dtype} "
+                f"{images.shape}"
+            )
+        if not config.fully_convolutional and images.shape[1:3] != (config.image_size, config.image_size):
+            raise imaging.ImageError(
+                f"{self.name} takes {config.image_size}x{config.image_size} images, got "
+                f"{images.shape[2]}x{images.shape[1]}; use prepare() to crop and resize"
+            )
+        if len(images) == 0:
+            raise imaging.ImageError("no images given")
+        return images
+
+    def _padded(self, images: np.ndarray) -> np.ndarray:
+        """Pad height and width up to whole latent cells by repeating the last row and column."""
+        factor = self.config.downsampling
+        pad_h, pad_w = -images.shape[1] % factor, -images.shape[2] % factor
+        if pad_h or pad_w:
+            images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        return images
+
+    # -- networks -------------------------------------------------------------------------
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images -> posterior mean and log-variance, float32 ``(N, *latent_shape)``."""
+        images = self._padded(self._check_images(images))
+        mean, logvar = self.encoder.run(None, {"image": imaging.to_float_nchw(images)})
+        return mean, logvar
+
+    def decode(self, latents: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """float32 latents ``(N, *latent_shape)`` -> uint8 images ``(N, H, W, C)``.
+
+        ``height``/``width`` crop a spatial model's output back to the original image size.
+        """
+        latents = np.asarray(latents, dtype=np.float32)
+        expected_rank = 4 if self.config.fully_convolutional else 2
+        if latents.ndim == expected_rank - 1:
+            latents = latents[None]
+        if latents.ndim != expected_rank or latents.shape[1] != self.config.latent_dim:
+            raise ValueError(
+                f"{self.name} decodes latents shaped (N, {', '.join(map(str, self.config.latent_shape()))}), "
+                f"got {latents.shape}"
+            )
+        if not np.all(np.isfinite(latents)):
+            raise ValueError("latents must be finite numbers (got NaN or infinity)")
+        (images,) = self.decoder.run(None, {"latent": np.ascontiguousarray(latents)})
+        out = imaging.to_uint8_nhwc(images)
+        if height is not None and width is not None:
+            out = out[:, :height, :width]
+        return np.ascontiguousarray(out)
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """Encode then decode the posterior mean (no quantisation)."""
+        images = self._check_images(images)
+        mean, _ = self.encode(images)
+        return self.decode(mean, images.shape[1], images.shape[2])
+
+    # -- the codec ------------------------------------------------------------------------
+    def compress(self, image: np.ndarray, quality: int | None = None, step: float | None = None) -> bytes:
+        """One uint8 image (at the model's size, see `prepare`) -> the bytes of a .latentz file.
+
+        Give ``quality`` (0..100, higher is better) or ``step`` (in posterior stds), not both;
+        neither means quality 75.
+        """
+        if quality is not None and step is not None:
+            raise ValueError("give either quality or step, not both")
+        fine_step = (
+            codec.step_from_units(step)
+            if step is not None
+            else codec.step_for_quality(75 if quality is None else quality)
+        )
+        images = self._check_images(image)
+        if len(images) != 1:
+            raise ValueError("compress takes one image at a time")
+        mean, _ = self.encode(images)
+        return codec.encode_latent(
+            mean[0],
+            entropy=self.entropy,
+            step=fine_step,
+            fingerprint=self.fingerprint,
+            height=images.shape[1],
+            width=images.shape[2],
+            channels=images.shape[3],
+        )
+
+    def read(self, data: bytes) -> tuple[codec.Header, np.ndarray]:
+        """A .latentz file's header and dequantised latent, after every check against this model."""
+        header, latent = codec.decode_latent(
+            data, entropy=self.entropy, fingerprint=self.fingerprint, model_name=self.name
+        )
+        expected = self.config.latent_shape(header.height, header.width)
+        if header.channels != self.config.channels or header.latent_shape != expected:
+            raise codec.ModelMismatchError(
+                f"the file holds a {header.width}x{header.height}x{header.channels} image with latent "
+                f"{header.latent_shape}, which {self.name} cannot produce (it expects latent {expected})"
+            )
+        return header, latent
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        """The bytes of a .latentz file -> the uint8 ``(H, W, C)`` image."""
+        header, latent = self.read(data)
+        return self.decode(latent[None], header.height, header.width)[0]
+
+
+_RUNTIMES: dict[str, ModelRuntime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def load(model: str | Path, threads: int = 1) -> ModelRuntime:
+    """A shared runtime per bundle folder (one ONNX session each, loaded once per process)."""
+    info = read_bundle(model)
+    key = f"{info.path.resolve()}:{info.fingerprint}:{threads}"
+    with _RUNTIMES_LOCK:
+        runtime = _RUNTIMES.get(key)
+        if runtime is None:
+            runtime = _RUNTIMES[key] = ModelRuntime(info, threads=threads)
+        return runtime
+
+
+def model_for_file(data: bytes) -> ModelRuntime:
+    """The installed model that made a .latentz file, found by the fingerprint in its header."""
+    from latentz.bundle import find_by_fingerprint, list_bundles
+
+    header, _ = codec.unpack(data)
+    info = find_by_fingerprint(header.fingerprint)
+    if info is None:
+        installed = ", ".join(f"{p.name}" for p in list_bundles()) or "none"
+        raise codec.ModelMismatchError(
+            f"no installed model has fingerprint {header.fingerprint_hex} (installed: {installed}); "
+            f"pass the model that encoded the file with -m MODEL"
+        )
+    return load(info.path)
