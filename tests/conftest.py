@@ -116,3 +116,23 @@ def mnist_path() -> Path:
     if not REAL_MNIST.is_file():
         pytest.skip(f"real MNIST subset not found at {REAL_MNIST}")
     return REAL_MNIST
+
+
+@pytest.fixture(scope="session")
+def codec_bundles(tmp_path_factory: pytest.TempPathFactory, mnist_path: Path) -> tuple[Path, Path]:
+    """Two small real bundles (seeds 0 and 1) trained on 600 real digits: ONNX files, entropy model and all.
+
+    Two, so that a file from one can be offered to the other. Trained once per test session.
+    """
+    from latentz.config import ModelConfig, TrainConfig
+    from latentz.training import train
+
+    model = ModelConfig(arch="conv", image_size=28, channels=1, latent_dim=6, widths=[8, 16], hidden=32)
+    folders = []
+    for seed in (0, 1):
+        config = TrainConfig(
+            data=f"idx:{mnist_path}", model=model, epochs=2, batch_size=32, max_train_images=600, seed=seed
+        )
+        out = tmp_path_factory.mktemp("codec-bundles") / f"digits-seed{seed}"
+        folders.append(train(config, out, command=["latentz", "train"], progress=False))
+    return folders[0], folders[1]

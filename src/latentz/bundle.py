@@ -30,6 +30,8 @@ from latentz.config import ModelConfig, load_model_config
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+DEFAULT_VAL_FRACTION = 0.1
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 ENTROPY_MODEL_FILE = "entropy_model.json"
@@ -176,3 +178,14 @@ def find_by_fingerprint(prefix: bytes) -> BundleInfo | None:
         if info.fingerprint.startswith(wanted):
             return info
     return None
+
+
+def training_val_fraction(path: Path) -> float:
+    """The validation fraction a bundle was trained with, so its 'val' split (and 'test' where a data
+    set has no test file) are the images it never saw rather than a differently drawn split."""
+    try:
+        return float(
+            json.loads((path / TRAIN_CONFIG_FILE).read_text()).get("val_fraction", DEFAULT_VAL_FRACTION)
+        )
+    except (OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_VAL_FRACTION

@@ -43,7 +43,7 @@ from latentz.models import VAE, build_model, count_parameters, save_weights
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "last.pt"
 METRICS_FILE = "metrics.jsonl"
-TRAIN_CONFIG_FILE = "train_config.json"
+TRAIN_CONFIG_FILE = bundle.TRAIN_CONFIG_FILE
 CHECKPOINT_FORMAT = 1
 
 #: The train/val split never depends on the training seed, so runs with different seeds (and

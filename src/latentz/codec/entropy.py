@@ -14,9 +14,9 @@ rebuilds ``k * s * u_c``. Steps are whole multiples ``m`` of a fine step of ``1 
 units; files store ``m``.
 
 The model. Per channel, the training set's posterior means are histogrammed on the fine grid
-``j = round(mu * FINE_PER_UNIT / u_c)``, smoothed by half a unit (the posterior's own
-uncertainty, so test images need not hit bins seen in training), normalised to ``2**24`` and
-floored at 1 so every value in range stays codable. For step ``m`` the symbol ``k`` gathers the
+``j = round(mu * FINE_PER_UNIT / u_c)``, smoothed with a Gaussian kernel of Silverman's bandwidth
+(so test images need not hit bins seen in training), normalised to ``2**24`` and floored at 1 so
+every value in range stays codable. For step ``m`` the symbol ``k`` gathers the
 fine bins with ``(2k - 1) m <= 2j < (2k + 1) m``. Values beyond the fitted range (with a margin)
 are clamped to its ends.
 """
@@ -40,7 +40,6 @@ FINE_PER_UNIT = 4
 """Fine bins per unit (posterior std): steps are multiples of a quarter unit."""
 TOTAL = 1 << 24
 """Each channel's counts sum to about this much (plus the floor of 1 per bin)."""
-SMOOTHING_UNITS = 0.5
 
 QUALITY_STEPS: tuple[int, ...] = (
     32,
@@ -338,6 +337,22 @@ def _probabilities(model: EntropyModel, channel: int, step: int) -> np.ndarray:
     return probabilities
 
 
+def _smoothing_kernel(spread_fine: float, count: int) -> np.ndarray:
+    """Gaussian kernel (in fine bins) with Silverman's bandwidth ``1.06 * std * n^(-1/5)``.
+
+    The histogram estimates a density from finitely many training images; smoothing it lets test
+    images land on values training never hit. The bandwidth shrinks with the channel's spread, so
+    a channel the model does not use stays concentrated in one symbol and costs almost nothing.
+    """
+    bandwidth = 1.06 * spread_fine * count ** (-0.2)
+    if bandwidth < 0.5:  # narrower than one fine bin: smoothing would change nothing
+        return np.ones(1)
+    radius = int(np.ceil(3 * bandwidth))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / bandwidth) ** 2)
+    return kernel / kernel.sum()
+
+
 def fit(means: np.ndarray, stds: np.ndarray, fitted_on: dict[str, Any] | None = None) -> EntropyModel:
     """Fit an entropy model to posterior means and stds shaped ``(N, C, ...)`` (training images).
 
@@ -355,14 +370,13 @@ def fit(means: np.ndarray, stds: np.ndarray, fitted_on: dict[str, Any] | None = 
     units = np.moveaxis(stds, 1, 0).reshape(channels, -1).mean(axis=1).astype(np.float32)
     units = np.maximum(units, np.float32(1e-6))
     lows, counts = [], []
-    kernel_radius = int(np.ceil(3 * SMOOTHING_UNITS * FINE_PER_UNIT))
-    offsets = np.arange(-kernel_radius, kernel_radius + 1)
-    kernel = np.exp(-0.5 * (offsets / (SMOOTHING_UNITS * FINE_PER_UNIT)) ** 2)
-    kernel /= kernel.sum()
     for channel in range(channels):
-        fine = np.floor(per_channel[channel] * FINE_PER_UNIT / float(units[channel]) + 0.5).astype(np.int64)
+        scaled_values = per_channel[channel] * FINE_PER_UNIT / float(units[channel])
+        fine = np.floor(scaled_values + 0.5).astype(np.int64)
+        kernel = _smoothing_kernel(float(scaled_values.std()), len(scaled_values))
+        radius = len(kernel) // 2
         low, high = int(fine.min()), int(fine.max())
-        margin = max(4 * FINE_PER_UNIT, (high - low) // 4) + kernel_radius
+        margin = max(4 * FINE_PER_UNIT, (high - low) // 4) + radius
         low, high = low - margin, high + margin
         histogram = np.bincount(fine - low, minlength=high - low + 1).astype(np.float64)
         smoothed = np.convolve(histogram, kernel, mode="same")

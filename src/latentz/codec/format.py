@@ -36,7 +36,9 @@ MAX_LATENT_VALUES = 1 << 24
 MAX_STEP = 4096
 """Largest step in fine units (1,024 posterior stds); anything coarser codes every latent as 0."""
 LATENT_RANKS = (1, 3)
-_MIN_BYTES = len(MAGIC) + 1 + FINGERPRINT_BYTES + 1 + 1 + 1 + 1 + 1 + 1 + 1 + CHECKSUM_BYTES
+# magic, version, fingerprint, entropy id, then one byte each for height, width, channels/rank,
+# one latent dimension and the step: the smallest possible header.
+_MIN_BYTES = len(MAGIC) + 1 + FINGERPRINT_BYTES + 1 + 5 + CHECKSUM_BYTES
 
 
 class LatentzFormatError(ValueError):

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import typer
-
-TRAIN_CONFIG_FILE = "train_config.json"
-DEFAULT_VAL_FRACTION = 0.1
 
 
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"Error: {message}", err=True)
     return typer.Exit(2)
-
-
-def _training_val_fraction(bundle_path: Path) -> float:
-    """The val fraction the model was trained with, so 'val' (and 'test' without a test file) are
-    the images it never saw rather than a differently drawn split."""
-    path = bundle_path / TRAIN_CONFIG_FILE
-    try:
-        return float(json.loads(path.read_text()).get("val_fraction", DEFAULT_VAL_FRACTION))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return DEFAULT_VAL_FRACTION
 
 
 def _json_safe(value: Any) -> Any:
@@ -53,7 +39,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
     ) -> None:
         """Evaluate a model: negative ELBO (+ IWAE), bits/dim, PSNR, SSIM and active units per image."""
-        from latentz.bundle import BundleError, read_bundle, sha256_file
+        from latentz.bundle import BundleError, read_bundle, sha256_file, training_val_fraction
         from latentz.config import ConfigError
         from latentz.data import DatasetError, load_dataset
 
@@ -76,7 +62,7 @@ def register(app: typer.Typer) -> None:
                 split=split,
                 image_size=config.image_size,
                 channels=config.channels,
-                val_fraction=_training_val_fraction(info.path),
+                val_fraction=training_val_fraction(info.path),
                 limit=limit,
             )
         except DatasetError as error:

@@ -25,8 +25,7 @@ def register(app: typer.Typer) -> None:
                     "name": info.name,
                     "path": str(path),
                     "arch": info.config.arch,
-                    "image": f"{info.config.image_size}x{info.config.image_size}x"
-                    f"{info.config.channels}",
+                    "image": f"{info.config.image_size}x{info.config.image_size}x{info.config.channels}",
                     "latent_dim": info.config.latent_dim,
                     "data": info.card.get("data", ""),
                     "exported": (path / ENCODER_FILE).is_file(),
