@@ -1,0 +1,521 @@
+"""The FastAPI app: JSON API over the shared model runtimes, the pages, and the files they load.
+
+Endpoints that run a network are plain ``def`` functions, so FastAPI runs them in its thread
+pool; each model's ONNX sessions are created once (at start-up) and shared by every thread, and
+a `JobGate` caps how many inferences run at once. Error statuses: see `latentz.server.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from PIL import Image
+from pydantic import BaseModel, Field
+
+import latentz
+from latentz import codec, imaging, metrics
+from latentz.codec import EntropyModelError
+from latentz.runtime import ModelRuntime, ModelRuntimeError, Prepared
+from latentz.server import assets
+from latentz.server.errors import ApiError, install_handlers
+from latentz.server.limits import (
+    MULTIPART_OVERHEAD,
+    BodySizeLimit,
+    JobGate,
+    Limits,
+    SecurityHeaders,
+    open_upload_image,
+    parse_latentz,
+)
+from latentz.server.registry import ModelRegistry
+
+log = logging.getLogger("latentz.server")
+
+LATENTZ_MEDIA_TYPE = "application/x-latentz"
+DEFAULT_QUALITY = 75
+
+ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed request, corrupt image or corrupt .latentz file"},
+    404: {"description": "Unknown model (the error lists the installed ones)"},
+    409: {"description": "The file was made by another model, or the model is not exported"},
+    413: {"description": "Upload over the byte limit, or image over the pixel limit"},
+    415: {"description": "Content is not a supported image / not a .latentz file (sniffed)"},
+    429: {"description": "All inference slots stayed busy for the queue timeout"},
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _download_name(filename: str | None, suffix: str) -> str:
+    """A safe file name for Content-Disposition, from the upload's name (used for nothing else)."""
+    stem = Path(filename or "").stem
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+    return f"{stem[:80]}{suffix}"
+
+
+def _read_upload(upload: UploadFile, limits: Limits) -> bytes:
+    data = upload.file.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise ApiError(
+            413,
+            f"upload too large: more than {limits.max_upload_bytes:,} bytes (the limit per file)",
+            limit=limits.max_upload_bytes,
+        )
+    return data
+
+
+@contextlib.contextmanager
+def _model_errors() -> Iterator[None]:
+    """Turn the runtime's and codec's exceptions into API errors with their own messages."""
+    try:
+        yield
+    except codec.ModelMismatchError as error:
+        raise ApiError(409, str(error), "model_mismatch") from None
+    except codec.LatentzFormatError as error:
+        raise ApiError(400, str(error)) from None
+    except (ModelRuntimeError, EntropyModelError) as error:
+        raise ApiError(409, str(error), "model_not_exported") from None
+    except imaging.ImageError as error:
+        raise ApiError(400, str(error).replace("<bytes>: ", "")) from None
+
+
+def _prepare(model: ModelRuntime, image: Image.Image, limits: Limits) -> Prepared:
+    """The model's view of an upload; a fully convolutional model gets huge photos scaled down first."""
+    if model.config.fully_convolutional and max(image.size) > limits.max_spatial_side:
+        width, height = image.size
+        scale = limits.max_spatial_side / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        prepared = model.prepare(resized)
+        note = (
+            f"scaled {width}x{height} down to {size[0]}x{size[1]} "
+            f"(the server limit is {limits.max_spatial_side} px a side)"
+        )
+        return Prepared(image=prepared.image, original_size=(width, height), note=note)
+    return model.prepare(image)
+
+
+def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
+    """The best WebP no bigger than ``budget`` bytes (binary search on quality), or its smallest."""
+    low, high = 0, 100
+    best: tuple[int, bytes] | None = None
+    while low <= high:
+        quality = (low + high) // 2
+        data = imaging.encode_with(image, "webp", quality)
+        if len(data) <= budget:
+            best = (quality, data)
+            low = quality + 1
+        else:
+            high = quality - 1
+    fits = best is not None
+    quality, data = best if best is not None else (0, imaging.encode_with(image, "webp", 0))
+    decoded = imaging.to_array(Image.open(io.BytesIO(data)), None, image.shape[2])
+    return {
+        "bytes": len(data),
+        "quality": quality,
+        "fits_budget": fits,
+        "psnr": metrics.psnr(image, decoded),
+        "webp_base64": _b64(data),
+        "note": (
+            f"WebP quality {quality}, the best that fits in {budget} bytes"
+            if fits
+            else f"even WebP quality 0 takes {len(data)} bytes, more than the {budget}-byte budget"
+        ),
+    }
+
+
+def _flat(array: np.ndarray) -> list[float]:
+    return [float(value) for value in np.asarray(array, dtype=np.float32).ravel()]
+
+
+class InterpolateRequest(BaseModel):
+    """Two latents (flattened, C order) and how many images to make from one to the other."""
+
+    start: list[FiniteFloat] = Field(min_length=1, max_length=1 << 20)
+    end: list[FiniteFloat] = Field(min_length=1, max_length=1 << 20)
+    steps: int = Field(8, ge=2, description="images including both ends")
+    method: Literal["linear", "slerp"] = "linear"
+
+
+def interpolate_latents(start: np.ndarray, end: np.ndarray, steps: int, method: str) -> np.ndarray:
+    """Straight line, or spherical (slerp, stays at the prior's typical radius) between two latents."""
+    weights = np.linspace(0.0, 1.0, steps, dtype=np.float64)[:, None]
+    a, b = start.astype(np.float64).ravel(), end.astype(np.float64).ravel()
+    if method == "slerp":
+        norms = np.linalg.norm(a) * np.linalg.norm(b)
+        angle = np.arccos(np.clip(a @ b / norms, -1.0, 1.0)) if norms > 0 else 0.0
+        if angle > 1e-6:
+            out = (np.sin((1 - weights) * angle) * a + np.sin(weights * angle) * b) / np.sin(angle)
+            return out.astype(np.float32).reshape(steps, *start.shape)
+    out = (1 - weights) * a + weights * b
+    return out.astype(np.float32).reshape(steps, *start.shape)
+
+
+def create_app(
+    limits: Limits | None = None, *, preload: bool = True, node_modules: Path | None = None
+) -> FastAPI:
+    """The latentz web app. ``preload`` creates every model's ONNX sessions at start-up."""
+    limits = limits or Limits()
+    registry = ModelRegistry()
+    gate = JobGate(limits.max_concurrent_jobs, limits.queue_timeout_s)
+    web_runtime = assets.find_web_runtime(node_modules)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        registry.refresh()
+        if preload:
+            loaded = registry.preload()
+            log.info("models loaded: %s", ", ".join(loaded) or "none")
+        if web_runtime.error:
+            log.warning("%s", web_runtime.error)
+        yield
+
+    app = FastAPI(
+        title="latentz",
+        version=latentz.__version__,
+        description=(
+            "Image VAEs as a learned codec: encode an image to a tiny .latentz file, decode it back, "
+            "sample and interpolate. Errors are JSON `{error, code, status}`; see each endpoint's statuses."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    app.state.limits = limits
+    app.state.gate = gate
+    app.state.web_runtime = web_runtime
+    install_handlers(app)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body_bytes=limits.max_upload_bytes + MULTIPART_OVERHEAD,
+        max_upload_bytes=limits.max_upload_bytes,
+    )
+    app.add_middleware(SecurityHeaders)  # added last = outermost: the 413s above get the headers too
+
+    # -- models ---------------------------------------------------------------------------
+    @app.get("/api/health", tags=["models"])
+    def health() -> dict[str, Any]:
+        """Whether the server is up, which models it has, and whether the pages can run."""
+        return {
+            "status": "ok",
+            "version": latentz.__version__,
+            "models": registry.names(),
+            "problems": registry.problems,
+            "web_runtime": web_runtime.as_json(),
+            "limits": {
+                "max_upload_bytes": limits.max_upload_bytes,
+                "max_pixels": limits.max_pixels,
+                "max_spatial_side": limits.max_spatial_side,
+                "max_samples": limits.max_samples,
+                "max_interpolation_steps": limits.max_interpolation_steps,
+                "max_concurrent_jobs": gate.slots,
+            },
+        }
+
+    @app.get("/api/models", tags=["models"])
+    def list_models() -> dict[str, Any]:
+        """Every installed model with its shape, data set, metrics and the URLs of its browser files."""
+        registry.refresh()
+        return {"models": [registry.summary(registry.info(name)) for name in registry.names()]}
+
+    @app.get("/api/models/{name}", tags=["models"], responses={404: ERROR_RESPONSES[404]})
+    def model_card(name: str) -> dict[str, Any]:
+        """One model's summary plus its full config and card (latent_stats drive the explorer's sliders)."""
+        return registry.detail(registry.info(name))
+
+    @app.get(
+        "/api/models/{name}/files/{filename}",
+        tags=["models"],
+        responses={404: ERROR_RESPONSES[404], 409: ERROR_RESPONSES[409]},
+    )
+    def model_file(name: str, filename: str, request: Request) -> Response:
+        """encoder.onnx, decoder.onnx or entropy_model.json of a bundle, for the browser."""
+        return assets.serve_file(request, registry.file_path(name, filename))
+
+    # -- images -> latents and files ------------------------------------------------------
+    @app.post(
+        "/api/models/{name}/encode",
+        tags=["codec"],
+        responses={200: {"content": {LATENTZ_MEDIA_TYPE: {}, "application/json": {}}}, **ERROR_RESPONSES},
+    )
+    def encode(
+        name: str,
+        file: UploadFile = File(..., description="an image (JPEG, PNG, WebP, ...; judged by content)"),
+        quality: int = Form(DEFAULT_QUALITY, ge=0, le=100, description="0..100, higher is better"),
+        format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
+    ) -> Response:
+        """Compress an image to a .latentz file. ``format=json`` adds the reconstruction, PSNR and
+        a WebP of the same image at the same byte budget, with the file as base64."""
+        model = registry.runtime(name)
+        data = _read_upload(file, limits)
+        with gate.slot(), _model_errors():
+            image = open_upload_image(data, limits.max_pixels)
+            prepared = _prepare(model, image, limits)
+            blob = model.compress(prepared.image, quality=quality)
+            if format == "latentz":
+                download = _download_name(file.filename, ".latentz")
+                return Response(
+                    blob,
+                    media_type=LATENTZ_MEDIA_TYPE,
+                    headers={"Content-Disposition": f'attachment; filename="{download}"'},
+                )
+            header, _ = codec.unpack(blob)
+            reconstruction = model.decompress(blob)
+            webp = _webp_at_budget(prepared.image, len(blob))
+        height, width, channels = prepared.image.shape
+        return JSONResponse(
+            {
+                "model": model.name,
+                "quality": quality,
+                "step": header.step,
+                "note": prepared.note,
+                "original": {
+                    "bytes": len(data),
+                    "format": image.format,
+                    "width": prepared.original_size[0],
+                    "height": prepared.original_size[1],
+                },
+                "input": {
+                    "width": width,
+                    "height": height,
+                    "channels": channels,
+                    "raw_bytes": int(prepared.image.size),
+                    "png_base64": _b64(imaging.png_bytes(prepared.image)),
+                },
+                "latentz": {
+                    "bytes": len(blob),
+                    "header_bytes": codec.header_bytes(header),
+                    "filename": _download_name(file.filename, ".latentz"),
+                    "base64": _b64(blob),
+                    "latent_shape": list(header.latent_shape),
+                },
+                "reconstruction": {
+                    "png_base64": _b64(imaging.png_bytes(reconstruction)),
+                    "psnr": metrics.psnr(prepared.image, reconstruction),
+                },
+                "webp": webp,
+                "ratio": len(data) / len(blob),
+                "raw_ratio": prepared.image.size / len(blob),
+                "bits_per_pixel": 8 * len(blob) / (height * width),
+            }
+        )
+
+    @app.post("/api/models/{name}/latent", tags=["latents"], responses=ERROR_RESPONSES)
+    def latent(name: str, file: UploadFile = File(..., description="an image")) -> dict[str, Any]:
+        """The posterior mean and log-variance of an image (no quantisation), and the model's input."""
+        model = registry.runtime(name)
+        data = _read_upload(file, limits)
+        with gate.slot(), _model_errors():
+            prepared = _prepare(model, open_upload_image(data, limits.max_pixels), limits)
+            mean, logvar = model.encode(prepared.image)
+        return {
+            "model": model.name,
+            "shape": list(mean.shape[1:]),
+            "mean": _flat(mean[0]),
+            "logvar": _flat(logvar[0]),
+            "note": prepared.note,
+            "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
+        }
+
+    @app.post(
+        "/api/models/{name}/reconstruct",
+        tags=["latents"],
+        responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERROR_RESPONSES},
+    )
+    def reconstruct(
+        name: str,
+        file: UploadFile = File(..., description="an image"),
+        format: Literal["png", "json"] = Query("png"),
+    ) -> Response:
+        """Encode then decode the posterior mean (no quantisation): PNG, or JSON with PSNR."""
+        model = registry.runtime(name)
+        data = _read_upload(file, limits)
+        with gate.slot(), _model_errors():
+            prepared = _prepare(model, open_upload_image(data, limits.max_pixels), limits)
+            output = model.reconstruct(prepared.image)[0]
+        png = imaging.png_bytes(output)
+        if format == "png":
+            return Response(png, media_type="image/png")
+        return JSONResponse(
+            {
+                "model": model.name,
+                "note": prepared.note,
+                "psnr": metrics.psnr(prepared.image, output),
+                "png_base64": _b64(png),
+                "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
+            }
+        )
+
+    # -- .latentz files -> images ---------------------------------------------------------
+    def _file_and_model(upload: UploadFile, name: str | None) -> tuple[bytes, codec.Header, ModelRuntime]:
+        data = _read_upload(upload, limits)
+        header = parse_latentz(data)
+        model = registry.runtime(name) if name else registry.for_header(header)
+        return data, header, model
+
+    def _decode_png(upload: UploadFile, name: str | None) -> Response:
+        data, header, model = _file_and_model(upload, name)
+        with gate.slot(), _model_errors():
+            image = model.decompress(data)
+        return Response(
+            imaging.png_bytes(image),
+            media_type="image/png",
+            headers={"X-Latentz-Model": model.name, "X-Latentz-Size": f"{header.width}x{header.height}"},
+        )
+
+    @app.post(
+        "/api/decode",
+        tags=["codec"],
+        responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES},
+    )
+    def decode_any(
+        file: UploadFile = File(..., description="a .latentz file"),
+        model: str | None = Query(None, description="decode with this model instead of the file's own"),
+    ) -> Response:
+        """Decode a .latentz file to PNG with the installed model whose fingerprint it carries."""
+        return _decode_png(file, model)
+
+    @app.post(
+        "/api/models/{name}/decode",
+        tags=["codec"],
+        responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES},
+    )
+    def decode_with(name: str, file: UploadFile = File(..., description="a .latentz file")) -> Response:
+        """Decode a .latentz file with this model; 409 if the file was made by another one."""
+        return _decode_png(file, name)
+
+    @app.post("/api/read", tags=["codec"], responses=ERROR_RESPONSES)
+    def read_file(
+        file: UploadFile = File(..., description="a .latentz file"),
+        model: str | None = Query(None, description="check against this model instead of the file's own"),
+    ) -> dict[str, Any]:
+        """Parse and entropy-decode a .latentz file on the server: its header and dequantised latent.
+
+        The receiver page runs the model's decoder.onnx on this latent in the browser.
+        """
+        data, header, runtime_model = _file_and_model(file, model)
+        with gate.slot(), _model_errors():
+            header, latent_values = runtime_model.read(data)
+        return {
+            "model": runtime_model.name,
+            "fingerprint": header.fingerprint_hex,
+            "entropy_model_id": header.entropy_id,
+            "bytes": len(data),
+            "header_bytes": codec.header_bytes(header),
+            "height": header.height,
+            "width": header.width,
+            "channels": header.channels,
+            "latent_shape": list(header.latent_shape),
+            "step": header.step,
+            "step_units": header.step / codec.FINE_PER_UNIT,
+            "latent": _flat(latent_values),
+            "decoder": f"/api/models/{runtime_model.name}/files/decoder.onnx",
+        }
+
+    # -- the prior and the latent space ---------------------------------------------------
+    def _images_response(model: ModelRuntime, latents: np.ndarray, format: str, **extra: Any) -> Response:
+        with gate.slot(), _model_errors():
+            images = model.decode(latents)
+        if format == "png":
+            columns = min(len(images), 8)
+            return Response(imaging.png_bytes(imaging.grid(images, columns)), media_type="image/png")
+        return JSONResponse(
+            {
+                "model": model.name,
+                **extra,
+                "latent_shape": list(latents.shape[1:]),
+                "latents": [_flat(item) for item in latents],
+                "images": [_b64(imaging.png_bytes(image)) for image in images],
+            }
+        )
+
+    @app.get(
+        "/api/models/{name}/sample",
+        tags=["latents"],
+        responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERROR_RESPONSES},
+    )
+    def sample(
+        name: str,
+        count: int = Query(8, ge=1, le=limits.max_samples),
+        seed: int = Query(0, ge=0, le=2**63 - 1),
+        format: Literal["json", "png"] = Query("json", description="latents + PNGs, or one PNG grid"),
+    ) -> Response:
+        """Decode ``count`` latents drawn from the prior N(0, I); the same seed gives the same images."""
+        model = registry.runtime(name)
+        shape = model.config.latent_shape()
+        latents = np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)
+        return _images_response(model, latents, format, seed=seed, count=count)
+
+    @app.post(
+        "/api/models/{name}/interpolate",
+        tags=["latents"],
+        responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERROR_RESPONSES},
+    )
+    def interpolate(
+        name: str,
+        body: InterpolateRequest,
+        format: Literal["json", "png"] = Query("json", description="latents + PNGs, or one PNG strip"),
+    ) -> Response:
+        """Decode ``steps`` latents from ``start`` to ``end`` (flattened latents of this model)."""
+        model = registry.runtime(name)
+        shape = model.config.latent_shape()
+        size = int(np.prod(shape))
+        for label, values in (("start", body.start), ("end", body.end)):
+            if len(values) != size:
+                raise ApiError(
+                    400, f"{label} has {len(values)} values; {model.name} latents have {size} {tuple(shape)}"
+                )
+        if body.steps > limits.max_interpolation_steps:
+            raise ApiError(400, f"steps is {body.steps}; at most {limits.max_interpolation_steps} allowed")
+        start = np.asarray(body.start, dtype=np.float32).reshape(shape)
+        end = np.asarray(body.end, dtype=np.float32).reshape(shape)
+        latents = interpolate_latents(start, end, body.steps, body.method)
+        return _images_response(model, latents, format, steps=body.steps, method=body.method)
+
+    # -- pages ----------------------------------------------------------------------------
+    def _page(request: Request, page: str) -> Response:
+        return assets.serve_file(request, assets.web_file(assets.PAGES[page]))
+
+    @app.get("/", include_in_schema=False)
+    def index_page(request: Request) -> Response:
+        return _page(request, "")
+
+    @app.get("/codec", include_in_schema=False)
+    def codec_page(request: Request) -> Response:
+        return _page(request, "codec")
+
+    @app.get("/receiver", include_in_schema=False)
+    def receiver_page(request: Request) -> Response:
+        return _page(request, "receiver")
+
+    @app.get("/explorer", include_in_schema=False)
+    def explorer_page(request: Request) -> Response:
+        return _page(request, "explorer")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return RedirectResponse("/static/favicon.svg")
+
+    @app.get("/static/{relative:path}", include_in_schema=False)
+    def static_file(relative: str, request: Request) -> Response:
+        return assets.serve_file(request, assets.web_file(relative))
+
+    @app.get(f"/vendor/{assets.ORT_PACKAGE}/{{name}}", include_in_schema=False)
+    def vendor(name: str, request: Request) -> Response:
+        return assets.serve_file(request, assets.vendor_file(web_runtime, name))
+
+    return app

@@ -1,0 +1,102 @@
+"""Every failure the API reports, as one JSON shape with a documented status.
+
+Clients (the pages, scripts, tests) branch on ``code``, show ``error`` to people, and never see
+an HTML error page or a bare traceback. The statuses are part of the API contract:
+
+=====  =====================  ==============================================================
+400    bad_request            malformed request: a bad field, a corrupt image, a corrupt .latentz
+404    unknown_model          no installed model has that name
+404    not_found              no such page, file or route
+405    method_not_allowed     e.g. GET on an upload endpoint
+409    model_mismatch         the .latentz file was made by another model (fingerprint, entropy
+                              model or latent shape differ), or by no model installed here
+409    model_not_exported     the bundle has no ONNX files / entropy model yet (`latentz export`)
+413    too_large              upload over the byte limit, or an image over the pixel limit
+                              (checked from the header, before decoding: decompression bombs)
+415    unsupported_media      content sniffed as neither a supported image nor a .latentz file,
+                              or a .latentz format version this server cannot read
+429    busy                   every inference slot stayed busy for the queue timeout
+500    internal_error         a bug in latentz; the message says what failed
+=====  =====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("latentz.server")
+
+STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media",
+    429: "busy",
+}
+
+
+class ApiError(Exception):
+    """An expected failure: becomes ``{"error": message, "code": code, ...extra}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code or STATUS_CODES.get(status, "error")
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": "1"} if self.status == 429 else None
+        body = {"error": self.message, "code": self.code, "status": self.status, **self.extra}
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def error_response(status: int, message: str, code: str | None = None, **extra: Any) -> JSONResponse:
+    return ApiError(status, message, code, **extra).response()
+
+
+def _describe_validation(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+    message = str(error.get("msg", "invalid value"))
+    return f"{where}: {message}" if where else message
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Route FastAPI's own errors (validation, 404, 405) and unexpected exceptions into the JSON shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [_describe_validation(item) for item in error.errors()]
+        details = [
+            {"field": ".".join(str(p) for p in item.get("loc", ())), "message": str(item.get("msg", ""))}
+            for item in error.errors()
+        ]
+        return error_response(400, "invalid request: " + "; ".join(problems), details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            message = f"no such page or endpoint: {request.method} {request.url.path} (see /docs)"
+        elif error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        else:
+            message = str(error.detail)
+        return error_response(error.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        message = f"internal error ({type(error).__name__}: {error}); this is a bug in latentz"
+        return error_response(500, message, "internal_error")

@@ -1,0 +1,203 @@
+"""The models this server offers: looked up by exact name or file fingerprint, loaded once.
+
+Names from URLs are only ever matched against installed bundle names, never used as paths, so
+``/api/models/..%2F..%2Fetc`` cannot reach outside the bundle folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+from latentz import runtime
+from latentz.bundle import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    ENTROPY_MODEL_FILE,
+    BundleInfo,
+    list_bundles,
+    read_bundle,
+)
+from latentz.codec import FINGERPRINT_BYTES, Header
+from latentz.server.errors import ApiError
+
+log = logging.getLogger("latentz.server")
+
+SERVED_FILES = (ENCODER_FILE, DECODER_FILE, ENTROPY_MODEL_FILE)
+"""What the browser may fetch from a bundle; weights and checkpoints stay private."""
+
+
+def finite_json(value: Any) -> Any:
+    """Replace NaN and infinities (valid in Python's JSON, not in the standard) by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
+    return value
+
+
+class ModelRegistry:
+    """Installed bundles by name, each with one shared `ModelRuntime` (one ONNX session per network)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._infos: dict[str, BundleInfo] = {}
+        self._runtimes: dict[str, runtime.ModelRuntime] = {}
+        self.problems: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        """Rescan the bundle search path (new bundles appear without a restart)."""
+        infos: dict[str, BundleInfo] = {}
+        problems: dict[str, str] = {}
+        for path in list_bundles():
+            try:
+                infos[path.name] = read_bundle(path)
+            except (OSError, ValueError) as error:
+                problems[path.name] = f"unreadable bundle at {path}: {error}"
+        with self._lock:
+            for name, info in infos.items():
+                known = self._infos.get(name)
+                if known is None or known.path != info.path or known.fingerprint != info.fingerprint:
+                    self._runtimes.pop(name, None)
+            self._infos = infos
+            self.problems = problems
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._infos)
+
+    def info(self, name: str) -> BundleInfo:
+        with self._lock:
+            info = self._infos.get(name)
+        if info is None:
+            self.refresh()
+            with self._lock:
+                info = self._infos.get(name)
+        if info is None:
+            installed = self.names()
+            raise ApiError(
+                404,
+                f"no model named {name!r} is installed (installed: {', '.join(installed) or 'none'})",
+                "unknown_model",
+                installed=installed,
+            )
+        return info
+
+    @staticmethod
+    def missing_files(info: BundleInfo) -> list[str]:
+        return [name for name in SERVED_FILES if not info.file(name).is_file()]
+
+    def runtime(self, name: str) -> runtime.ModelRuntime:
+        """The shared runtime of an exported model; 404 if unknown, 409 if not exported."""
+        info = self.info(name)
+        missing = self.missing_files(info)
+        if missing:
+            raise ApiError(
+                409,
+                f"model {name!r} cannot run here: {', '.join(missing)} missing; run `latentz export {name}`",
+                "model_not_exported",
+                missing=missing,
+            )
+        with self._lock:
+            loaded = self._runtimes.get(name)
+            if loaded is None:
+                loaded = self._runtimes[name] = runtime.load(info.path)
+            return loaded
+
+    def for_header(self, header: Header) -> runtime.ModelRuntime:
+        """The installed model whose fingerprint the file carries; 409 naming the fingerprint if none."""
+        wanted = header.fingerprint.hex()
+        for attempt in range(2):
+            with self._lock:
+                matches = [
+                    name
+                    for name, info in self._infos.items()
+                    if info.fingerprint[: 2 * FINGERPRINT_BYTES] == wanted
+                ]
+            if matches:
+                return self.runtime(sorted(matches)[0])
+            if attempt == 0:
+                self.refresh()
+        installed = self.names()
+        raise ApiError(
+            409,
+            f"this file was made by a model with fingerprint {wanted}, and no installed model has it "
+            f"(installed: {', '.join(installed) or 'none'}); the sender must share that model's bundle",
+            "unknown_fingerprint",
+            file_fingerprint=wanted,
+            installed=installed,
+        )
+
+    def preload(self) -> list[str]:
+        """Create every exported model's sessions now, so the first request does not pay for it."""
+        loaded = []
+        for name in self.names():
+            info = self.info(name)
+            if self.missing_files(info):
+                continue
+            try:
+                model = self.runtime(name)
+                _ = model.encoder, model.decoder, model.entropy
+                loaded.append(name)
+            except Exception as error:  # one broken bundle must not stop the server
+                log.warning("could not load model %s: %s", name, error)
+                self.problems[name] = f"could not load: {error}"
+        return loaded
+
+    def summary(self, info: BundleInfo) -> dict[str, Any]:
+        """What the model list shows: enough for a page to pick and load a model."""
+        config = info.config
+        card = info.card
+        missing = self.missing_files(info)
+        base = f"/api/models/{info.name}/files"
+        return finite_json(
+            {
+                "name": info.name,
+                "fingerprint": info.fingerprint,
+                "file_fingerprint": info.fingerprint[: 2 * FINGERPRINT_BYTES],
+                "arch": config.arch,
+                "image_size": config.image_size,
+                "channels": config.channels,
+                "latent_dim": config.latent_dim,
+                "latent_shape": list(config.latent_shape()),
+                "fully_convolutional": config.fully_convolutional,
+                "data": card.get("data", ""),
+                "metrics": card.get("metrics", {}),
+                "exported": not missing,
+                "missing_files": missing,
+                "entropy_model_id": (card.get("entropy_model") or {}).get("id"),
+                "files": {
+                    "encoder": f"{base}/{ENCODER_FILE}",
+                    "decoder": f"{base}/{DECODER_FILE}",
+                    "entropy_model": f"{base}/{ENTROPY_MODEL_FILE}",
+                },
+            }
+        )
+
+    def detail(self, info: BundleInfo) -> dict[str, Any]:
+        from latentz.config import to_dict
+
+        return finite_json({**self.summary(info), "config": to_dict(info.config), "card": info.card})
+
+    def file_path(self, name: str, filename: str) -> Path:
+        info = self.info(name)
+        if filename not in SERVED_FILES:
+            raise ApiError(
+                404,
+                f"{filename!r} is not served; a bundle offers {', '.join(SERVED_FILES)}",
+                "not_found",
+            )
+        path = info.file(filename)
+        if not path.is_file():
+            raise ApiError(
+                409,
+                f"model {name!r} has no {filename}; run `latentz export {name}`",
+                "model_not_exported",
+                missing=[filename],
+            )
+        return path

@@ -1,0 +1,98 @@
+// The codec page: the server encodes (and reports the reconstruction and a WebP at the same
+// byte budget); this page shows the comparison and offers the .latentz for download.
+
+import { $, api, base64ToBytes, clearError, dropZone, formatBytes, installErrorBanner, listModels, showError } from "./common.js";
+
+const select = $("#model");
+const quality = $("#quality");
+let currentFile = null;
+let originalUrl = null;
+let downloadUrl = null;
+let requestNumber = 0;
+let qualityTimer = null;
+
+function pngUrl(base64, type = "image/png") {
+  return `data:${type};base64,${base64}`;
+}
+
+async function compress() {
+  if (!currentFile || !select.value) return;
+  const number = ++requestNumber;
+  clearError();
+  document.body.dataset.state = "working";
+  $("#note").textContent = `Encoding ${currentFile.name} with ${select.value} at quality ${quality.value}…`;
+  const form = new FormData();
+  form.append("file", currentFile);
+  form.append("quality", quality.value);
+  try {
+    const report = await api(`/api/models/${encodeURIComponent(select.value)}/encode?format=json`, {
+      method: "POST",
+      body: form,
+    });
+    if (number !== requestNumber) return; // a newer request is on its way
+    show(report);
+    document.body.dataset.state = "done";
+  } catch (error) {
+    if (number !== requestNumber) return;
+    document.body.dataset.state = "failed";
+    $("#note").textContent = "";
+    showError(error.message, { title: error.status === 415 ? "Not an image" : "Could not encode" });
+  }
+}
+
+function show(report) {
+  window.latentzCodec = report; // for the tests
+  $("#result").hidden = false;
+  $("#original").src = originalUrl;
+  $("#original-bytes").textContent = `${report.original.width}×${report.original.height}, ${formatBytes(report.original.bytes)}`;
+  $("#input-view").src = pngUrl(report.input.png_base64);
+  $("#input-size").textContent = `${report.input.width}×${report.input.height}, ${report.input.raw_bytes} raw bytes`;
+  $("#reconstruction").src = pngUrl(report.reconstruction.png_base64);
+  $("#latentz-bytes-caption").textContent = `${report.latentz.bytes} bytes, PSNR ${report.reconstruction.psnr.toFixed(2)} dB`;
+  $("#webp").src = pngUrl(report.webp.webp_base64, "image/webp");
+  $("#webp-caption").textContent = `${report.webp.bytes} bytes, PSNR ${report.webp.psnr.toFixed(2)} dB`;
+  $("#stat-original").textContent = `${report.original.bytes.toLocaleString()} bytes (${report.original.format})`;
+  $("#stat-latentz").textContent =
+    `${report.latentz.bytes} bytes (${report.latentz.header_bytes} of header and checksum), ` +
+    `${report.bits_per_pixel.toFixed(3)} bits per pixel, latent ${report.latentz.latent_shape.join("×")}`;
+  $("#stat-ratio").textContent =
+    `${report.ratio.toFixed(1)}× smaller than the upload, ${report.raw_ratio.toFixed(1)}× smaller than the model's raw input`;
+  $("#stat-psnr").textContent = `${report.reconstruction.psnr.toFixed(2)} dB (against the model's input)`;
+  $("#stat-webp").textContent = `${report.webp.bytes} bytes, PSNR ${report.webp.psnr.toFixed(2)} dB — ${report.webp.note}`;
+  $("#note").textContent = `${report.model}, quality ${report.quality}: ${report.note}.`;
+  if (downloadUrl) URL.revokeObjectURL(downloadUrl);
+  downloadUrl = URL.createObjectURL(new Blob([base64ToBytes(report.latentz.base64)], { type: "application/x-latentz" }));
+  const link = $("#download");
+  link.href = downloadUrl;
+  link.download = report.latentz.filename;
+}
+
+function useFile(file) {
+  currentFile = file;
+  if (originalUrl) URL.revokeObjectURL(originalUrl);
+  originalUrl = URL.createObjectURL(file);
+  compress();
+}
+
+async function start() {
+  installErrorBanner();
+  const models = (await listModels()).filter((model) => model.exported);
+  if (!models.length) throw new Error("no exported model is installed (see `latentz models`)");
+  for (const model of models) {
+    const shape = model.fully_convolutional ? "any size" : `${model.image_size}×${model.image_size}`;
+    select.add(new Option(`${model.name} (${shape}, ${model.channels === 1 ? "grey" : "colour"})`, model.name));
+  }
+  const wanted = new URLSearchParams(location.search).get("model");
+  if (wanted && models.some((m) => m.name === wanted)) select.value = wanted;
+  select.addEventListener("change", compress);
+  quality.addEventListener("input", () => {
+    $("#quality-value").textContent = quality.value;
+    clearTimeout(qualityTimer);
+    qualityTimer = setTimeout(compress, 200);
+  });
+  $("#file").addEventListener("change", (event) => event.target.files[0] && useFile(event.target.files[0]));
+  dropZone($("#drop"), useFile);
+  document.body.dataset.models = "loaded";
+}
+
+start().catch((error) => showError(error.message, { title: "Could not start the codec page" }));
