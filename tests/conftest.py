@@ -5,6 +5,11 @@ Everything generated is tiny (a few dozen images) so tests stay fast on a shared
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +141,90 @@ def codec_bundles(tmp_path_factory: pytest.TempPathFactory, mnist_path: Path) ->
         out = tmp_path_factory.mktemp("codec-bundles") / f"digits-seed{seed}"
         folders.append(train(config, out, command=["latentz", "train"], progress=False))
     return folders[0], folders[1]
+
+
+# -- the web app: a real uvicorn server on a free loopback port -------------------------------------
+WEB_PREFERRED_MODEL = "mnist-z10"
+
+
+class LiveServer:
+    """A running latentz server (uvicorn in a thread of this process) and its app, for real HTTP tests."""
+
+    def __init__(self, app, server, thread, url: str) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.server = server
+        self.thread = thread
+        self.url = url
+
+
+@contextlib.contextmanager
+def running_server(app) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    """Serve ``app`` on 127.0.0.1 (port chosen by the OS) until the block ends, then stop it."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the latentz test server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(app, server, thread, f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _web_model_name() -> str | None:
+    """The installed, exported vector-latent bundle the web tests use (mnist-z10 when present)."""
+    from latentz.bundle import DECODER_FILE, ENCODER_FILE, ENTROPY_MODEL_FILE, list_bundles, read_bundle
+
+    usable = []
+    for path in list_bundles():
+        if not all((path / name).is_file() for name in (ENCODER_FILE, DECODER_FILE, ENTROPY_MODEL_FILE)):
+            continue
+        info = read_bundle(path)
+        if not info.config.fully_convolutional and "latent_stats" in info.card:
+            usable.append(info.name)
+    if WEB_PREFERRED_MODEL in usable:
+        return WEB_PREFERRED_MODEL
+    return next((name for name in usable if "mnist" in name and "fashion" not in name), None) or (
+        usable[0] if usable else None
+    )
+
+
+@pytest.fixture(scope="session")
+def web_model() -> str:
+    """Name of the installed bundle the server and browser tests drive (never trained by the tests)."""
+    name = _web_model_name()
+    if name is None:
+        pytest.skip("no installed, exported vector-latent bundle (mnist-z10 ships in src/latentz/bundles)")
+    return name
+
+
+WEB_TEST_LIMITS = {
+    "max_upload_bytes": 1024 * 1024,
+    "max_pixels": 4_000_000,
+    "max_samples": 16,
+    "max_interpolation_steps": 12,
+    "max_concurrent_jobs": 2,
+    "queue_timeout_s": 20.0,
+}
+"""Small limits, so every refusal can be provoked over HTTP with a small request."""
+
+
+@pytest.fixture(scope="session")
+def live_server(web_model: str) -> Iterator[LiveServer]:
+    """The real app with every installed model preloaded, shared by the server and browser tests."""
+    from latentz.server import Limits, create_app
+
+    with running_server(create_app(Limits(**WEB_TEST_LIMITS))) as live:
+        yield live

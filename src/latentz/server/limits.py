@@ -90,24 +90,32 @@ class BodySizeLimit:
             await self._refuse(send, f"{int(declared):,}")
             return
         received = 0
+        overflowed = False
         started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, overflowed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    overflowed = True
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
+            # The body parser turns our exception into its own 400; answer the 413 it really is.
             nonlocal started
+            if overflowed:
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._refuse(send, f"more than {self.max_body_bytes:,}")
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _BodyTooLarge:
             if not started:
                 await self._refuse(send, f"more than {self.max_body_bytes:,}")
@@ -172,9 +180,9 @@ def open_upload_image(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as header_only:  # reads the header, not the pixels
                 width, height = header_only.size
-    except Image.DecompressionBombError:
-        message = "image refused before decoding: Pillow flags it as a decompression bomb"
-        raise ApiError(413, message) from None
+    except Image.DecompressionBombError as error:
+        message = f"image refused before decoding as a decompression bomb ({error})"
+        raise ApiError(413, message, limit=max_pixels) from None
     except Exception as error:  # Pillow raises many types for broken headers
         raise ApiError(400, f"corrupt {sniffed} image: its header cannot be read ({error})") from None
     if width * height > max_pixels:
