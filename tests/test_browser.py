@@ -1,0 +1,470 @@
+"""The pages in a real browser: Debian's Chromium, headless, driven by Playwright over the live server.
+
+Strokes are drawn with real mouse (and touch) input, sliders are moved with real clicks and keys,
+files go through the real file inputs and downloads. What the page computes in WebAssembly is
+checked against the same networks run by ONNX Runtime in this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REAL_MNIST, REPO, LiveServer, make_digits
+from PIL import Image
+
+from latentz import codec, runtime
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOTS = REPO / "docs" / "screenshots"
+LOAD_TIMEOUT_MS = 60_000
+SEVEN = [(0.25, 0.22), (0.75, 0.22), (0.42, 0.85)]
+ONE = [(0.52, 0.15), (0.48, 0.85)]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/system-deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _new_page(browser, live_server: LiveServer, **options):  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=live_server.url, accept_downloads=True, **options)
+    page = context.new_page()
+    page.uncaught = []
+    page.on("pageerror", lambda error: page.uncaught.append(str(error)))
+    return context, page
+
+
+@pytest.fixture()
+def page(browser, live_server: LiveServer) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    context, page = _new_page(browser, live_server, viewport={"width": 1100, "height": 900})
+    yield page
+    context.close()
+    assert page.uncaught == [], f"uncaught errors in the page: {page.uncaught}"
+
+
+@pytest.fixture(scope="module")
+def model(web_model: str) -> runtime.ModelRuntime:
+    return runtime.load(web_model)
+
+
+def sample_digit(index: int = 0) -> np.ndarray:
+    """A real MNIST digit when the shared subset is present (nicer screenshots), else a synthetic one."""
+    if REAL_MNIST.is_file():
+        from latentz.data import read_idx
+
+        return read_idx(REAL_MNIST)[index]
+    return make_digits(index + 1, seed=21)[0][index]
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def wait_ready(page) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_selector("body[data-ready=true]", timeout=LOAD_TIMEOUT_MS)
+
+
+def draw(page, points: list[tuple[float, float]], selector: str = "#pad") -> None:  # type: ignore[no-untyped-def]
+    """One stroke with the real mouse through points given as fractions of the pad."""
+    box = page.locator(selector).bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in xy[1:]:
+        page.mouse.move(x, y, steps=12)
+    page.mouse.up()
+
+
+def state(page, field: str):  # type: ignore[no-untyped-def]
+    value = page.evaluate(f"window.latentzExplorer.{field} && Array.from(window.latentzExplorer.{field})")
+    return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+def wait_encoded(page, previous: np.ndarray | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Wait until the page has encoded a drawing (a new one if `previous` is given)."""
+    page.wait_for_function(
+        """(previous) => {
+            const s = window.latentzExplorer;
+            if (!s.drawingLatent || s.encoding || s.encodeRequested) return false;
+            return previous === null || Array.from(s.drawingLatent).some((v, i) => v !== previous[i]);
+        }""",
+        arg=None if previous is None else previous.tolist(),
+        timeout=LOAD_TIMEOUT_MS,
+    )
+    return state(page, "drawingLatent")
+
+
+def wait_rendered(page) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the output shows the current latent (no decode pending)."""
+    page.wait_for_function(
+        """() => {
+            const s = window.latentzExplorer;
+            return !s.dirty && !s.busy && s.renderedLatent &&
+                Array.from(s.latent).every((v, i) => v === s.renderedLatent[i]);
+        }""",
+        timeout=LOAD_TIMEOUT_MS,
+    )
+
+
+def pixels(page, selector: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The RGBA pixels of a canvas, (H, W, 4) uint8."""
+    width, height, data = page.evaluate(
+        """(selector) => {
+            const canvas = document.querySelector(selector);
+            const image = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+            return [canvas.width, canvas.height, Array.from(image.data)];
+        }""",
+        selector,
+    )
+    return np.asarray(data, dtype=np.uint8).reshape(height, width, 4)
+
+
+def pad_ink(page) -> float:  # type: ignore[no-untyped-def]
+    return float(pixels(page, "#pad")[:, :, 3].astype(np.float64).sum())
+
+
+def data_url_image(page, selector: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    src = page.get_attribute(selector, "src")
+    assert src.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+
+
+def screenshot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def most_active_dimension(page) -> int:  # type: ignore[no-untyped-def]
+    kl = page.evaluate("window.latentzExplorer.model.card.latent_stats.kl")
+    return int(np.argmax(kl))
+
+
+# -- explorer ---------------------------------------------------------------------------------------
+def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_repaint(
+    page, model: runtime.ModelRuntime, web_model: str
+) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/explorer")
+    wait_ready(page)
+    assert page.input_value("#model") == web_model
+    first = pixels(page, "#output")
+    assert first[:, :, :3].std() > 1, "the output must show an image before anything is drawn"
+
+    draw(page, SEVEN)
+    latent = wait_encoded(page)
+    size = model.config.image_size
+    image = state(page, "input").reshape(size, size)
+    rows, cols = np.nonzero(image > 0)
+    assert max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == round(size * 20 / 28)
+    mass = image.sum()
+    centre = (
+        (image.sum(axis=1) * (np.arange(size) + 0.5)).sum() / mass,
+        (image.sum(axis=0) * (np.arange(size) + 0.5)).sum() / mass,
+    )
+    assert abs(centre[0] - size / 2) <= 0.5 + 1e-4 and abs(centre[1] - size / 2) <= 0.5 + 1e-4, centre
+
+    expected, _ = model.encoder.run(None, {"image": image[None, None].astype(np.float32)})
+    np.testing.assert_allclose(latent, expected[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(state(page, "latent"), latent)
+    shown = [float(page.input_value(f"#z-{i}-value")) for i in range(len(latent))]
+    np.testing.assert_allclose(shown, latent, atol=6e-4)
+
+    wait_rendered(page)
+    before = pixels(page, "#output")
+    (decoded,) = model.decoder.run(None, {"latent": latent[None]})
+    assert np.abs(before[:, :, 0].astype(int) - np.rint(np.clip(decoded[0, 0], 0, 1) * 255)).max() <= 1
+
+    dimension = most_active_dimension(page)
+    slider = page.locator(f"#z-{dimension}")
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    frames = page.evaluate("window.latentzExplorer.frames")
+    page.mouse.click(box["x"] + 0.95 * box["width"], box["y"] + box["height"] / 2)
+    wait_rendered(page)
+    moved = state(page, "latent")
+    assert moved[dimension] != latent[dimension]
+    assert moved[dimension] == pytest.approx(float(slider.input_value()), abs=1e-5)
+    np.testing.assert_array_equal(np.delete(moved, dimension), np.delete(latent, dimension))
+    assert page.evaluate("window.latentzExplorer.frames") > frames
+    after = pixels(page, "#output")
+    assert np.abs(after.astype(int) - before.astype(int)).max() > 0, "moving a slider must change the image"
+
+    slider.focus()
+    page.keyboard.press("Home")
+    wait_rendered(page)
+    assert state(page, "latent")[dimension] == pytest.approx(
+        float(page.get_attribute(f"#z-{dimension}", "min")), abs=1e-5
+    )
+    assert "decode" in page.inner_text("#timing")
+    screenshot(page, "explorer.png")
+
+
+def test_releasing_the_mouse_outside_the_pad_ends_the_stroke(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/explorer")
+    wait_ready(page)
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.5 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] + 120, box["y"] + 0.5 * box["height"], steps=10)
+    page.mouse.up()  # outside the pad
+    wait_encoded(page)
+    ink = pad_ink(page)
+    assert ink > 0
+    page.mouse.move(box["x"] + 0.9 * box["width"], box["y"] + 0.1 * box["height"], steps=5)
+    page.mouse.move(box["x"] + 0.1 * box["width"], box["y"] + 0.9 * box["height"], steps=10)
+    assert pad_ink(page) == ink, "moving over the pad after releasing outside must not draw"
+
+
+def test_drawing_before_the_models_load_shows_progress_then_is_encoded(page) -> None:  # type: ignore[no-untyped-def]
+    held = []
+    page.route("**/files/*.onnx", lambda route: held.append(route))
+    page.goto("/explorer")
+    page.wait_for_function("() => document.querySelector('.progress-label').textContent.includes('Loading')")
+    draw(page, ONE)
+    label = page.inner_text(".progress-label")
+    assert "your drawing will be encoded as soon as the model is ready" in label
+    assert page.is_visible("#output-overlay")
+    assert "Loading" in page.inner_text("#output-overlay")
+    assert page.evaluate("window.latentzExplorer.decoder") is None
+    for _ in range(200):
+        if len(held) == 2:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == 2, "the page should be fetching the encoder and the decoder"
+    for route in held:
+        route.continue_()
+    wait_ready(page)
+    latent = wait_encoded(page)
+    wait_rendered(page)
+    np.testing.assert_array_equal(state(page, "latent"), latent)
+    assert page.is_hidden("#output-overlay")
+    assert "Ready" in page.inner_text(".progress-label")
+
+
+def test_share_link_shows_the_same_image_to_whoever_opens_it(browser, live_server: LiveServer, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/explorer")
+    wait_ready(page)
+    draw(page, SEVEN)
+    wait_encoded(page)
+    dimension = most_active_dimension(page)
+    page.fill(f"#z-{dimension}-value", "1.2345")
+    wait_rendered(page)
+    link = page.input_value("#share-link")
+    assert link.startswith(f"{live_server.url}/explorer#model=")
+    sent_latent, sent_pixels = state(page, "latent"), pixels(page, "#output")
+
+    context, receiver = _new_page(browser, live_server, viewport={"width": 800, "height": 900})
+    try:
+        receiver.goto(link)
+        wait_ready(receiver)
+        wait_rendered(receiver)
+        np.testing.assert_array_equal(state(receiver, "latent"), sent_latent)
+        np.testing.assert_array_equal(pixels(receiver, "#output"), sent_pixels)
+        assert receiver.uncaught == []
+    finally:
+        context.close()
+
+
+def test_values_outside_the_slider_range_still_render(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/explorer")
+    wait_ready(page)
+    wait_rendered(page)
+    before = pixels(page, "#output")
+    dimension = most_active_dimension(page)
+    page.fill(f"#z-{dimension}-value", "40")
+    wait_rendered(page)
+    assert state(page, "latent")[dimension] == 40
+    assert "outside" in page.get_attribute(f".dim[data-index='{dimension}']", "class")
+    after = pixels(page, "#output")
+    assert np.abs(after.astype(int) - before.astype(int)).max() > 0
+    assert after[:, :, 3].min() == 255  # painted, opaque: never a blank canvas
+
+
+def test_random_sample_reset_and_interpolation_between_two_drawings(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/explorer")
+    wait_ready(page)
+    draw(page, ONE)
+    first = wait_encoded(page)
+    page.click("#set-a")
+    page.click("#clear")
+    assert pad_ink(page) == 0
+    draw(page, SEVEN)
+    second = wait_encoded(page, previous=first)
+    page.click("#set-b")
+    page.locator("#mix").fill("0.5")
+    wait_rendered(page)
+    np.testing.assert_allclose(state(page, "latent"), (first + second) / 2, atol=1e-6)
+    assert page.inner_text("#mix-value") == "0.50"
+
+    page.click("#random")
+    wait_rendered(page)
+    sampled = state(page, "latent")
+    assert not np.allclose(sampled, second)
+    page.click("#reset")
+    wait_rendered(page)
+    np.testing.assert_array_equal(state(page, "latent"), second)
+
+
+def test_touch_drawing_at_phone_width(browser, live_server: LiveServer) -> None:  # type: ignore[no-untyped-def]
+    context, page = _new_page(
+        browser, live_server, viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    try:
+        page.goto("/explorer")
+        wait_ready(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, (
+            "no sideways scrolling on a phone"
+        )
+        page.locator("#pad").scroll_into_view_if_needed()
+        box = page.locator("#pad").bounding_box()
+        cdp = context.new_cdp_session(page)
+        points = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in SEVEN]
+        path = [points[0]]
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            path += [(x0 + (x1 - x0) * t / 10, y0 + (y1 - y0) * t / 10) for t in range(1, 11)]
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {"type": "touchStart", "touchPoints": [{"x": path[0][0], "y": path[0][1]}]},
+        )
+        for x, y in path[1:]:
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        assert pad_ink(page) > 0
+        wait_encoded(page)
+        wait_rendered(page)
+        screenshot(page, "explorer-phone.png")
+        assert page.uncaught == []
+    finally:
+        context.close()
+
+
+# -- codec ------------------------------------------------------------------------------------------
+def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showed(
+    page, model: runtime.ModelRuntime, tmp_path: Path, live_server: LiveServer
+) -> None:  # type: ignore[no-untyped-def]
+    photo = tmp_path / "digit photo.jpg"
+    Image.fromarray(sample_digit(0)).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB").save(
+        photo, quality=92
+    )
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    report = page.evaluate("window.latentzCodec")
+    assert report["original"]["bytes"] == photo.stat().st_size
+    assert f"{photo.stat().st_size:,} bytes" in page.inner_text("#stat-original")
+    assert f"{report['latentz']['bytes']} bytes" in page.inner_text("#stat-latentz")
+    assert f"{report['ratio']:.1f}×" in page.inner_text("#stat-ratio")
+    assert f"{report['reconstruction']['psnr']:.2f} dB" in page.inner_text("#stat-psnr")
+    assert "bytes, PSNR" in page.inner_text("#stat-webp")
+    assert page.evaluate("document.querySelector('#webp').naturalWidth") == model.config.image_size
+
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download = download_info.value
+    assert download.suggested_filename == "digit_photo.latentz"
+    saved = tmp_path / "download.latentz"
+    download.save_as(saved)
+    blob = saved.read_bytes()
+    assert len(blob) == report["latentz"]["bytes"]
+    shown = data_url_image(page, "#reconstruction")
+    np.testing.assert_array_equal(model.decompress(blob)[:, :, 0], shown)
+    assert codec.unpack(blob)[0].step == codec.step_for_quality(75)
+    screenshot(page, "codec.png")
+
+    page.locator("#quality").fill("5")
+    page.wait_for_function(
+        "() => window.latentzCodec.quality === 5 && document.body.dataset.state === 'done'"
+    )
+    assert page.evaluate("window.latentzCodec.latentz.bytes") <= len(blob)
+
+
+def test_codec_page_says_when_a_file_is_not_an_image(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is a shopping list, not a photo")
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("body[data-state=failed]")
+    assert page.is_visible("#error")
+    assert "Not an image" in page.inner_text("#error-title")
+    assert "not a supported image" in page.inner_text("#error-message")
+
+
+# -- receiver ---------------------------------------------------------------------------------------
+def test_receiver_decodes_a_latentz_file_in_the_browser(
+    page, model: runtime.ModelRuntime, web_model: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    blob = model.compress(model.prepare(sample_digit(1)[:, :, None]).image, quality=90)
+    path = tmp_path / "message.latentz"
+    path.write_bytes(blob)
+    page.goto("/receiver")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    decoded = pixels(page, "#decoded")
+    expected = model.decompress(blob)
+    assert decoded.shape[:2] == expected.shape[:2]
+    assert np.abs(decoded[:, :, 0].astype(int) - expected[:, :, 0].astype(int)).max() <= 1
+    assert web_model in page.inner_text("#info-model")
+    assert f"{len(blob)} B" in page.inner_text("#info-file")
+    assert "entropy decoding was done by the server" in page.inner_text("#info-timing")
+    screenshot(page, "receiver.png")
+
+
+def test_receiver_explains_corrupt_foreign_and_non_latentz_files(
+    page, model: runtime.ModelRuntime, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    blob = model.compress(model.prepare(sample_digit(2)[:, :, None]).image)
+    corrupt = bytearray(blob)
+    corrupt[len(corrupt) // 2] ^= 0x10
+    header, payload = codec.unpack(blob)
+    foreign = codec.pack(
+        codec.Header(
+            fingerprint=bytes.fromhex("deadbeef"),
+            entropy_id=header.entropy_id,
+            height=header.height,
+            width=header.width,
+            channels=header.channels,
+            latent_shape=header.latent_shape,
+            step=header.step,
+        ),
+        payload,
+    )
+    image = io.BytesIO()
+    Image.fromarray(sample_digit(2)).save(image, format="PNG")
+    cases = [
+        ("corrupt.latentz", bytes(corrupt), "Corrupt .latentz file", "checksum mismatch"),
+        ("foreign.latentz", foreign, "Made by a model this server does not have", "deadbeef"),
+        ("renamed.latentz", image.getvalue(), "Not a .latentz file", "magic bytes"),
+    ]
+    page.goto("/receiver")
+    for name, data, title, message in cases:
+        path = tmp_path / name
+        path.write_bytes(data)
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("body[data-state=failed]")
+        assert page.inner_text("#error-title") == title
+        assert message in page.inner_text("#error-message")
+        assert page.is_hidden("#result")
+        page.evaluate("document.body.dataset.state = 'idle'")
