@@ -111,6 +111,6 @@ def decode_latent(
         )
     try:
         symbols = decode_symbols(entropy, payload, header.latent_shape, header.step)
-    except (ValueError, RuntimeError) as error:  # constriction reports invalid streams this way
+    except ValueError as error:
         raise LatentzFormatError(f"corrupt payload: {error}") from None
     return header, entropy.dequantise(symbols, header.step)

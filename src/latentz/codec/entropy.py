@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -392,10 +393,12 @@ def fit(means: np.ndarray, stds: np.ndarray, fitted_on: dict[str, Any] | None = 
 
 # -- range coding ---------------------------------------------------------------------------------
 def encode_symbols(model: EntropyModel, symbols: np.ndarray, step: int) -> bytes:
-    """Range-code symbols ``(C, ...)`` channel by channel; big-endian words, trailing zeros trimmed.
+    """Range-code symbols ``(C, ...)`` channel by channel into the shortest payload that decodes.
 
-    Trimming is safe because the decoder pads with zeros back to whole words, which restores the
-    exact words the encoder produced.
+    The decoder pads a payload with zero bytes to whole 32-bit words, so any byte string whose
+    zero-padded value lies in the coder's final interval decodes to the same symbols. The coder
+    itself flushes whole words; `_shortest_payload` finds the shortest such string instead
+    (optimal termination), which saves 2 to 3 bytes per file: a tenth of a digit's .latentz file.
     """
     import constriction
 
@@ -409,12 +412,52 @@ def encode_symbols(model: EntropyModel, symbols: np.ndarray, step: int) -> bytes
             raise ValueError(f"channel {channel}: symbols outside the model's range; quantise() clamps them")
         categorical = constriction.stream.model.Categorical(model.probabilities(channel, step), perfect=False)
         encoder.encode((values - low[channel]).astype(np.int32), categorical)
-    words = encoder.get_compressed()
-    return words.astype(">u4").tobytes().rstrip(b"\0")
+    full = encoder.get_compressed().astype(">u4").tobytes()
+
+    def decodes_right(candidate: bytes) -> bool:
+        try:
+            return np.array_equal(decode_symbols(model, candidate, symbols.shape, step), symbols)
+        except ValueError:
+            return False
+
+    return _shortest_payload(full, decodes_right)
+
+
+def _shortest_payload(full: bytes, decodes_right: Callable[[bytes], bool]) -> bytes:
+    """The shortest prefix of ``full``, rounded down or up in its last byte, that still decodes.
+
+    The values that decode right form one interval containing ``full``. Among strings of length k
+    only the two neighbours of ``full`` truncated to k bytes can fall in it, and if no string of
+    length k does, no shorter one can (shorter strings are length-k strings ending in zeros).
+    """
+    best = full.rstrip(b"\0")
+    for length in range(len(best) - 1, -1, -1):
+        prefix = full[:length]
+        bumped = _increment(prefix)
+        for candidate in (prefix, bumped):
+            if candidate is not None and decodes_right(candidate):
+                best = candidate.rstrip(b"\0")
+                break
+        else:
+            return best
+    return best
+
+
+def _increment(data: bytes) -> bytes | None:
+    """``data`` + 1 as a big-endian number of the same length, or None when it would overflow."""
+    if not data:
+        return None
+    value = int.from_bytes(data, "big") + 1
+    if value >= 1 << (8 * len(data)):
+        return None
+    return value.to_bytes(len(data), "big")
 
 
 def decode_symbols(model: EntropyModel, payload: bytes, shape: tuple[int, ...], step: int) -> np.ndarray:
-    """Inverse of `encode_symbols`: symbols shaped ``shape`` = (C, ...)."""
+    """Inverse of `encode_symbols`: symbols shaped ``shape`` = (C, ...).
+
+    Payloads may end anywhere: missing bytes of the last 32-bit word are zeros.
+    """
     import constriction
 
     if not shape or shape[0] != model.channels:
@@ -427,5 +470,9 @@ def decode_symbols(model: EntropyModel, payload: bytes, shape: tuple[int, ...], 
     out = np.empty((model.channels, per_channel), dtype=np.int64)
     for channel in range(model.channels):
         categorical = constriction.stream.model.Categorical(model.probabilities(channel, step), perfect=False)
-        out[channel] = decoder.decode(categorical, per_channel).astype(np.int64) + low[channel]
+        try:
+            decoded = decoder.decode(categorical, per_channel)
+        except (AssertionError, RuntimeError, ValueError) as error:  # constriction's "invalid data"
+            raise ValueError(f"the range-coded payload is invalid for this entropy model ({error})") from None
+        out[channel] = decoded.astype(np.int64) + low[channel]
     return out.reshape(shape)
