@@ -41,7 +41,8 @@ const state = {
   encodeRequested: false,
   encoding: false,
   frames: 0,
-  decodeTimes: [],
+  decodeTimes: [], // ms in decoder.run per slider move
+  frameTimes: [], // ms from the start of decoding to the painted canvas
   renderedLatent: null,
   loadToken: 0,
 };
@@ -333,7 +334,9 @@ function frame() {
       state.renderedLatent = latent;
       state.frames += 1;
       state.decodeTimes.push(elapsed);
+      state.frameTimes.push(performance.now() - started);
       if (state.decodeTimes.length > TIMING_WINDOW) state.decodeTimes.shift();
+      if (state.frameTimes.length > TIMING_WINDOW) state.frameTimes.shift();
       $("#timing").textContent = `decode ${median(state.decodeTimes).toFixed(2)} ms (median of the last ${state.decodeTimes.length})`;
       $("#output-overlay").hidden = true;
       document.body.dataset.ready = "true";
