@@ -231,3 +231,22 @@ def test_rd_writes_compressai_json_a_plot_and_bd_rates(codec_bundles, mnist_path
     )
     assert (out / "rd.png").stat().st_size > 10_000
     assert set(summary["bd_rate_vs"]) == {"webp", "jpeg"}
+
+
+def test_folder_workers_write_exactly_what_one_process_writes(codec_bundles, digit_files, tmp_path) -> None:
+    outputs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        code, _, stderr = run_cli(
+            "encode", str(digit_files), "-m", str(codec_bundles[0]), "-o", str(out), "--jobs", jobs
+        )
+        assert code == 1 and "broken.png" in stderr and "encoded 4 of 5 files" in stderr
+        outputs[jobs] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.latentz")}
+        decoded = tmp_path / f"decoded{jobs}"
+        code, _, stderr = run_cli(
+            "decode", str(out), "-o", str(decoded), "-m", str(codec_bundles[0]), "-j", jobs
+        )
+        assert code == 0, stderr
+        outputs[f"png{jobs}"] = {p.name: p.read_bytes() for p in decoded.rglob("*.png")}
+    assert len(outputs["1"]) == 4 and outputs["1"] == outputs["2"]
+    assert len(outputs["png1"]) == 4 and outputs["png1"] == outputs["png2"]
