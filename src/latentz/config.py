@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-Arch = Literal["conv", "mlp"]
+Arch = Literal["conv", "mlp", "spatial"]
 Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned", "laplace"]
 
-ARCHS: tuple[str, ...] = ("conv", "mlp")
+ARCHS: tuple[str, ...] = ("conv", "mlp", "spatial")
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian", "gaussian-learned", "laplace")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
@@ -29,8 +29,11 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Everything needed to rebuild a VAE's architecture; no shape is hard-coded elsewhere.
 
-    ``widths`` are the channel counts of the stride-2 convolution stages (conv) or the hidden layer
-    sizes (mlp). A conv model needs ``image_size`` divisible by ``2 ** len(widths)``.
+    ``widths`` are the channel counts of the stride-2 convolution stages (conv, spatial) or the
+    hidden layer sizes (mlp). A conv model needs ``image_size`` divisible by ``2 ** len(widths)``.
+    A spatial model is fully convolutional: its latent is ``latent_dim`` channels on a grid of one
+    cell per ``2 ** len(widths)`` pixels, so it takes any image size; ``image_size`` is the size it
+    trains and validates on (divisible likewise), and ``hidden`` is unused.
     ``scale`` is the fixed standard deviation (gaussian) or diversity (laplace) of the pixel
     likelihood, in pixel units where 1.0 spans black to white; ignored by bernoulli, and only the
     initial value for gaussian-learned.
@@ -62,11 +65,11 @@ class ModelConfig:
             raise ConfigError(f"widths must be a non-empty list of positive ints, got {self.widths}")
         if self.image_size < 4:
             raise ConfigError(f"image_size must be at least 4, got {self.image_size}")
-        if self.arch == "conv":
+        if self.arch in ("conv", "spatial"):
             factor = 2 ** len(self.widths)
             if self.image_size % factor:
                 raise ConfigError(
-                    f"a conv model with {len(self.widths)} stride-2 stages needs image_size "
+                    f"a {self.arch} model with {len(self.widths)} stride-2 stages needs image_size "
                     f"divisible by {factor}; got {self.image_size}. Use fewer widths or another size."
                 )
         if self.likelihood != "bernoulli" and self.scale <= 0:
@@ -117,7 +120,10 @@ class TrainConfig:
     over the run (usually a slightly better final ELBO); "constant" keeps it fixed, which is what
     lets a finished run be extended with more epochs later. ``max_train_images`` caps the number
     of training images (quick experiments, tests), and the validation images in proportion;
-    None uses the whole data set.
+    None uses the whole data set. ``crop_size`` trains a fully convolutional (spatial) model on a
+    random ``crop_size`` square of each image: the weights do not depend on the image size, so
+    small crops give the same filters at a fraction of the cost per step. Validation always uses
+    whole images.
     """
 
     data: str = "mnist"
@@ -132,6 +138,7 @@ class TrainConfig:
     augment: bool = False
     max_train_images: int | None = None
     lr_schedule: str = "cosine"
+    crop_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -152,6 +159,21 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.max_train_images is not None and self.max_train_images < 2:
             raise ConfigError(f"max_train_images must be at least 2, got {self.max_train_images}")
+        if self.crop_size is not None:
+            self._check_crop_size()
+
+    def _check_crop_size(self) -> None:
+        model, size = self.model, self.crop_size
+        if not model.fully_convolutional:
+            raise ConfigError(
+                f"crop_size needs a fully convolutional model (arch spatial); a {model.arch} model has "
+                f"a fixed input size"
+            )
+        if size is None or not model.downsampling <= size <= model.image_size or size % model.downsampling:
+            raise ConfigError(
+                f"crop_size must be a multiple of {model.downsampling} (one latent cell) between "
+                f"{model.downsampling} and image_size {model.image_size}, got {size}"
+            )
 
 
 T = TypeVar("T")

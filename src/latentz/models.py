@@ -1,9 +1,11 @@
-"""VAE architectures: a convolutional VAE and an MLP VAE, shaped entirely by a ModelConfig.
+"""VAE architectures shaped entirely by a ModelConfig: conv and MLP (one global latent vector), and
+spatial (fully convolutional; the latent is a feature map that grows with the image).
 
 Images enter as float tensors in [0, 1], shape (N, C, H, W). The encoder returns the mean and
 log-variance of a diagonal Gaussian posterior q(z|x); the decoder returns the parameters of the
 pixel likelihood p(x|z) (logits for bernoulli, means otherwise). ``decode_mean`` gives the image a
-person sees: the likelihood's mean clamped to [0, 1].
+person sees: the likelihood's mean clamped to [0, 1]. The decoders end in a plain linear layer (no
+tanh or sigmoid squashing the means), so true black and white stay reachable.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from latentz.bundle import CONFIG_FILE, WEIGHTS_FILE, resolve_bundle
 from latentz.config import ModelConfig, load_model_config
 
 LOG_2PI = math.log(2 * math.pi)
+LEAKY_SLOPE = 0.2
+#: Initial posterior log-variance of spatial models (std ~0.22 instead of 1): with unit noise on
+#: every latent element the decoder first sees mostly noise and learning stalls for epochs.
+SPATIAL_LOGVAR_INIT = -3.0
 
 
 class ConvEncoder(nn.Module):
@@ -101,6 +107,59 @@ class MlpDecoder(nn.Module):
         return self.net(z).view(-1, *self.image_shape)
 
 
+class SpatialEncoder(nn.Module):
+    """Analysis transform in the Ballé style: stride-2 5x5 convolutions, one per width.
+
+    No dense layer, so any image size works and the latent keeps the image's layout: one
+    ``latent_dim``-channel vector per ``2 ** len(widths)`` pixel square. A 3x3 head gives the mean
+    and log-variance of every latent element. LeakyReLU rather than GDN: on a CPU budget of a few
+    thousand steps it trained faster and further (docs/photo-models.md).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = config.channels
+        for width in config.widths:
+            layers += [nn.Conv2d(in_channels, width, 5, stride=2, padding=2), nn.LeakyReLU(LEAKY_SLOPE)]
+            in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(in_channels, 2 * config.latent_dim, 3, padding=1)
+        with torch.no_grad():  # start with narrow posteriors so the decoder sees a signal from step one
+            self.head.bias[config.latent_dim :] = SPATIAL_LOGVAR_INIT
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, logvar = self.head(self.features(x)).chunk(2, dim=1)
+        return mean, logvar
+
+
+class SpatialDecoder(nn.Module):
+    """Synthesis transform: a 3x3 convolution from the latent, then one stride-2 5x5 transposed
+    convolution per width, the last straight to pixels (cheap: no full-resolution hidden layer).
+
+    Each stage exactly doubles the size, so an ``h x w`` latent gives a ``2^k h x 2^k w`` image;
+    the VAE crops that back when the input was not a whole number of latent cells.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        widths = list(reversed(config.widths))
+        layers: list[nn.Module] = [
+            nn.Conv2d(config.latent_dim, widths[0], 3, padding=1),
+            nn.LeakyReLU(LEAKY_SLOPE),
+        ]
+        for index, width in enumerate(widths):
+            last = index == len(widths) - 1
+            out_width = config.channels if last else widths[index + 1]
+            layers.append(nn.ConvTranspose2d(width, out_width, 5, stride=2, padding=2, output_padding=1))
+            if not last:
+                layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+        self.upsample = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.upsample(z)
+
+
 class VAE(nn.Module):
     """A VAE with a standard-normal prior, a diagonal Gaussian posterior and a chosen likelihood."""
 
@@ -111,6 +170,9 @@ class VAE(nn.Module):
         if config.arch == "conv":
             self.encoder: nn.Module = ConvEncoder(config)
             self.decoder: nn.Module = ConvDecoder(config)
+        elif config.arch == "spatial":
+            self.encoder = SpatialEncoder(config)
+            self.decoder = SpatialDecoder(config)
         else:
             self.encoder = MlpEncoder(config)
             self.decoder = MlpDecoder(config)
@@ -127,7 +189,10 @@ class VAE(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Likelihood parameters: logits (bernoulli) or unclamped means (the others)."""
+        """Likelihood parameters: logits (bernoulli) or unclamped means (the others).
+
+        A spatial model returns whole latent cells; compare with `crop_to` for other sizes.
+        """
         return self.decoder(z)
 
     def decode_mean(self, z: Tensor) -> Tensor:
@@ -141,6 +206,7 @@ class VAE(nn.Module):
     def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
         """log p(x|z) per image, in nats, summed over pixels. Shape (N,)."""
         kind = self.config.likelihood
+        out = crop_to(out, x)
         if kind == "bernoulli":
             return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
         log_scale = self.log_scale.view(1, -1, 1, 1)
@@ -152,8 +218,8 @@ class VAE(nn.Module):
 
     @staticmethod
     def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
-        """KL(q(z|x) || N(0, I)) per image, in nats. Shape (N,)."""
-        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+        """KL(q(z|x) || N(0, I)) per image, in nats, summed over every latent element. Shape (N,)."""
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
 
     @staticmethod
     def reparameterize(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -174,8 +240,16 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(count, self.config.latent_dim, generator=generator)
+        """Decoded prior draws; a spatial model draws a latent of its training size."""
+        z = torch.randn(count, *self.config.latent_shape(), generator=generator)
         return self.decode_mean(z)
+
+
+def crop_to(out: Tensor, x: Tensor) -> Tensor:
+    """A spatial decoder's output cropped to the image ``x`` (it covers whole latent cells)."""
+    if out.ndim == 4 and out.shape[2:] != x.shape[2:]:
+        return out[:, :, : x.shape[2], : x.shape[3]]
+    return out
 
 
 def build_model(config: ModelConfig) -> VAE:

@@ -177,6 +177,18 @@ def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
     return x.clamp_(0.0, 1.0)
 
 
+def random_crop(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """A random ``size`` x ``size`` window of every image, each at its own position."""
+    n, channels, height, width = x.shape
+    if size >= height and size >= width:
+        return x
+    tops = torch.randint(0, height - size + 1, (n, 1), generator=generator)
+    lefts = torch.randint(0, width - size + 1, (n, 1), generator=generator)
+    rows = (tops + torch.arange(size)).view(n, 1, size, 1)
+    cols = (lefts + torch.arange(size)).view(n, 1, 1, size)
+    return x[torch.arange(n).view(n, 1, 1, 1), torch.arange(channels).view(1, channels, 1, 1), rows, cols]
+
+
 # -- evaluation -------------------------------------------------------------------------------
 @torch.no_grad()
 def validate(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> dict[str, float]:
@@ -403,6 +415,8 @@ def _train_epoch(
     order = torch.randperm(count, generator=generator)
     for index in range(batches):
         x = to_float(images[order[index * config.batch_size : (index + 1) * config.batch_size]])
+        if config.crop_size is not None:
+            x = random_crop(x, config.crop_size, generator)
         if config.augment:
             x = augment_batch(x, generator)
         position = epoch + index / batches
@@ -627,22 +641,25 @@ def write_plots(
     order = sorted(range(len(kl_per_dim)), key=lambda d: -kl_per_dim[d])[:MAX_TRAVERSAL_DIMS]
     values = torch.tensor(TRAVERSAL_VALUES)
     base = mean[0]
+    # A spatial latent's channel is a whole feature map: its traversal sets it everywhere at once.
+    per_row = (-1, *[1] * (base.ndim - 1))
     rows = []
     for dim in order:
-        z = base.repeat(len(values), 1)
-        z[:, dim] = values
+        z = base.unsqueeze(0).repeat(len(values), *[1] * base.ndim)
+        z[:, dim] = values.view(per_row)
         rows.append(to_uint8(model.decode_mean(z)))
+    unit = "channel" if model.config.fully_convolutional else "dimension"
     labels = [f"z{dim}  KL {kl_per_dim[dim]:.2f}" for dim in order]
     plots.plot_traversal(
         np.stack(rows),
         plots_dir / "traversal.png",
         list(TRAVERSAL_VALUES),
         labels,
-        title="Latent traversals around a validation image (rows: most-used dimensions)",
+        title=f"Latent traversals around a validation image (rows: most-used {unit}s)",
     )
     first, second = _pick_pair(data.val_labels, len(data.val))
     ends, _ = model.encode(to_float(data.val[[first, second]]))
-    weights = torch.linspace(0, 1, 10).unsqueeze(1)
+    weights = torch.linspace(0, 1, 10).view(-1, *[1] * (ends.ndim - 1))
     strip = model.decode_mean((1 - weights) * ends[0] + weights * ends[1])
     plots.plot_interpolation(to_uint8(strip), plots_dir / "interpolation.png")
     plots.plot_loss(history, plots_dir / "loss.png")

@@ -129,7 +129,12 @@ def register(app: typer.Typer) -> None:
         config_file: Path = typer.Option(
             None, "--config", help="TrainConfig JSON (full or partial); flags override it."
         ),
-        arch: str = typer.Option(None, "--arch", help="conv or mlp."),
+        arch: str = typer.Option(
+            None,
+            "--arch",
+            help="spatial (fully convolutional, any image size; the photo codec), "
+            "conv (one global latent vector; sliders and sampling) or mlp.",
+        ),
         image_size: int = typer.Option(
             None, "--image-size", help="Square image side the model sees (grey default 28, photos 64)."
         ),
@@ -188,6 +193,11 @@ def register(app: typer.Typer) -> None:
             "--augment/--no-augment",
             help="Random flips, small shifts, colour jitter (default on for photo folders, off for digits).",
         ),
+        crop_size: int = typer.Option(
+            None,
+            "--crop-size",
+            help="Spatial models: train on random crops of this side (validation uses whole images).",
+        ),
         limit: int = typer.Option(
             None,
             "--limit",
@@ -213,6 +223,7 @@ def register(app: typer.Typer) -> None:
             "seed": seed,
             "augment": augment,
             "max_train_images": limit,
+            "crop_size": crop_size,
         }
         model_flags = {
             "arch": arch,
