@@ -228,3 +228,15 @@ def live_server(web_model: str) -> Iterator[LiveServer]:
 
     with running_server(create_app(Limits(**WEB_TEST_LIMITS))) as live:
         yield live
+
+
+@pytest.fixture(scope="session")
+def spatial_web_model() -> str:
+    """An installed, exported fully convolutional (photo) bundle; skips until one is installed."""
+    from latentz.bundle import DECODER_FILE, ENCODER_FILE, ENTROPY_MODEL_FILE, list_bundles, read_bundle
+
+    exported = (ENCODER_FILE, DECODER_FILE, ENTROPY_MODEL_FILE)
+    for path in list_bundles():
+        if all((path / name).is_file() for name in exported) and read_bundle(path).config.fully_convolutional:
+            return path.name
+    pytest.skip("no installed, exported spatial bundle (red-cars-64 ships in src/latentz/bundles)")

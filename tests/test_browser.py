@@ -210,14 +210,16 @@ def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_r
     after = pixels(page, "#output")
     assert np.abs(after.astype(int) - before.astype(int)).max() > 0, "moving a slider must change the image"
 
+    screenshot(page, "explorer.png")
+
     slider.focus()
     page.keyboard.press("Home")
     wait_rendered(page)
     assert state(page, "latent")[dimension] == pytest.approx(
         float(page.get_attribute(f"#z-{dimension}", "min")), abs=1e-5
     )
+    assert "outside" not in page.get_attribute(f".dim[data-index='{dimension}']", "class")
     assert "decode" in page.inner_text("#timing")
-    screenshot(page, "explorer.png")
 
 
 def test_releasing_the_mouse_outside_the_pad_ends_the_stroke(page) -> None:  # type: ignore[no-untyped-def]
@@ -468,3 +470,19 @@ def test_receiver_explains_corrupt_foreign_and_non_latentz_files(
         assert message in page.inner_text("#error-message")
         assert page.is_hidden("#result")
         page.evaluate("document.body.dataset.state = 'idle'")
+
+
+def test_receiver_decodes_a_photo_from_a_spatial_model(page, spatial_web_model: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = runtime.load(spatial_web_model)
+    rng = np.random.default_rng(4)
+    photo = np.clip(rng.normal(120, 40, (37, 52, 3)), 0, 255).astype(np.uint8)
+    blob = model.compress(model.prepare(photo).image)
+    path = tmp_path / "photo.latentz"
+    path.write_bytes(blob)
+    page.goto("/receiver")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    decoded = pixels(page, "#decoded")
+    expected = model.decompress(blob)
+    assert decoded.shape[:2] == (37, 52)
+    assert np.abs(decoded[:, :, :3].astype(int) - expected.astype(int)).max() <= 2

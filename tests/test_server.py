@@ -768,3 +768,44 @@ def test_latentz_serve_serves_the_app(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+# -- fully convolutional (photo) models -----------------------------------------------------------
+def test_spatial_model_codes_a_non_square_photo_at_its_own_size(
+    client: httpx.Client, live_server: LiveServer, spatial_web_model: str
+) -> None:
+    model = runtime.load(spatial_web_model)
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 255, (45, 70, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    upload = buffer.getvalue()
+    report = client.post(
+        f"/api/models/{spatial_web_model}/encode?format=json", files={"file": ("p.png", upload)}
+    ).json()
+    blob = base64.b64decode(report["latentz"]["base64"])
+    header, _ = codec.unpack(blob)
+    assert (header.width, header.height) == (70, 45)
+    assert list(header.latent_shape) == list(model.config.latent_shape(45, 70))
+    decoded = client.post("/api/decode", files={"file": ("p.latentz", blob)})
+    np.testing.assert_array_equal(read_png(decoded.content), model.decompress(blob))
+    body = client.post("/api/read", files={"file": ("p.latentz", blob)}).json()
+    assert body["latent_shape"] == list(header.latent_shape)
+    assert len(body["latent"]) == int(np.prod(header.latent_shape))
+
+
+def test_spatial_model_scales_huge_photos_down_to_the_side_limit(
+    spatial_web_model: str,
+) -> None:
+    app = create_app(Limits(max_spatial_side=40), preload=False)
+    photo = Image.fromarray(np.full((60, 100, 3), 128, dtype=np.uint8))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    with running_server(app) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        report = http.post(
+            f"/api/models/{spatial_web_model}/encode?format=json",
+            files={"file": ("p.png", buffer.getvalue())},
+        ).json()
+    assert (report["input"]["width"], report["input"]["height"]) == (40, 24)
+    assert "scaled 100x60 down to 40x24" in report["note"]
+    assert report["original"]["width"] == 100

@@ -225,7 +225,10 @@ function syncSlider(i, { keepNumber = false } = {}) {
   if (!row) return;
   const slider = $("input[type=range]", row);
   const value = state.latent[i];
-  const outside = value < Number(slider.min) || value > Number(slider.max);
+  const min = Number(slider.min);
+  const max = Number(slider.max);
+  const slack = (max - min) * 1e-6; // the latent is float32; the slider's ends are float64
+  const outside = value < min - slack || value > max + slack;
   slider.value = String(value); // the browser clamps the thumb; the latent keeps the true value
   row.classList.toggle("outside", outside);
   slider.setAttribute("aria-valuetext", `${value.toFixed(3)}${outside ? " (outside the training range)" : ""}`);
@@ -358,6 +361,19 @@ async function loadModel(name, shared = null) {
   $("#output-overlay").hidden = false;
   $("#output-overlay").textContent = "Loading the model…";
   const model = await api(`/api/models/${encodeURIComponent(name)}`);
+  if (!model.card.latent_stats) {
+    // An old bundle without training-set statistics: fall back to the prior N(0, 1), and say so.
+    const dims = Array.from({ length: model.latent_dim });
+    model.card.latent_stats = {
+      mean: dims.map(() => 0),
+      std: dims.map(() => 1),
+      p1: dims.map(() => -2.326),
+      p99: dims.map(() => 2.326),
+    };
+    showError(`${model.name}'s card has no latent_stats, so the sliders span the prior N(0, 1) instead`, {
+      title: "Slider ranges are a guess",
+    });
+  }
   const downloads = { runtime: [0, ORT_BYTES_ESTIMATE], encoder: [0, 0], decoder: [0, 0] };
   const report = () => {
     const done = Object.values(downloads).reduce((sum, [got]) => sum + got, 0);
