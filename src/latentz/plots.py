@@ -8,9 +8,8 @@ images (28x28 digits) are upscaled with nearest-neighbour so pixels stay crisp a
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,18 +56,14 @@ def _mosaic(tiles: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def _save(figure: Figure, out: Path) -> Path:
-    """Render to a temporary file and rename it, so a reader never sees half a PNG."""
+    """Render to memory, then write atomically, so a reader never sees half a PNG."""
+    from latentz.bundle import atomic_write_bytes
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=DPI, format="png", facecolor="white")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=DPI, format="png", facecolor="white")
+    atomic_write_bytes(out, buffer.getvalue())
     return out
 
 
