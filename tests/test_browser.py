@@ -363,7 +363,7 @@ def test_touch_drawing_at_phone_width(browser, live_server: LiveServer) -> None:
 
 # -- codec ------------------------------------------------------------------------------------------
 def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showed(
-    page, model: runtime.ModelRuntime, tmp_path: Path, live_server: LiveServer
+    page, model: runtime.ModelRuntime, web_model: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     photo = tmp_path / "digit photo.jpg"
     Image.fromarray(sample_digit(0)).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB").save(
@@ -371,6 +371,7 @@ def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showe
     )
     page.goto("/codec")
     page.wait_for_selector("body[data-models=loaded]")
+    page.select_option("#model", web_model)
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
     report = page.evaluate("window.latentzCodec")
