@@ -12,7 +12,8 @@
    process on loopback; an asyncio httpx client keeps 1, 8 and 32 requests in flight for
    ``--duration`` seconds per case (after a warm-up) against encode (a 28x28 PNG digit ->
    .latentz) and decode (.latentz -> PNG). Throughput, median and p99 latency, and the ratios
-   latentz / baseline, all from this one run.
+   latentz / baseline, all from this one run; plus `GET /api/health` on latentz, the HTTP stack's
+   own ceiling at that moment, to tell model work from machine load.
 
 Writes bench/results/web.json and bench/results/web.md (the Markdown table the README shows).
 The machine is shared (2 cores; the load generator runs on it too): compare rows of one run.
@@ -139,6 +140,8 @@ async def hammer(
                 response = await client.post(
                     f"/api/models/{model}/encode", files={"file": ("digit.png", png)}, data={"quality": "75"}
                 )
+            elif op == "health":
+                response = await client.get("/api/health")
             else:
                 response = await client.post("/api/decode", files={"file": ("digit.latentz", blob)})
             if response.status_code != 200:
@@ -182,7 +185,8 @@ def bench_servers(model: str, levels: list[int], duration: float, warmup: float)
         port = free_port()
         with server_process([*command, str(port)], port, name) as url:
             results[name] = {}
-            for op in ("encode", "decode"):
+            # health: no model work at all, the HTTP stack's own ceiling on this machine right now
+            for op in ("encode", "decode", "health") if name == "latentz" else ("encode", "decode"):
                 results[name][op] = {}
                 for level in levels:
                     outcome = asyncio.run(hammer(url, op, model, png, blob, level, duration, warmup))
@@ -303,6 +307,14 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{ours['requests_per_s'] / base['requests_per_s']:.1f}× | {ours['p99_ms']:.1f} ms | "
                     f"{base['p99_ms']:.0f} ms | {base['p99_ms'] / ours['p99_ms']:.1f}× |"
                 )
+        floor = servers["latentz"].get("health")
+        if floor:
+            rates = ", ".join(f"{level}: {entry['requests_per_s']:.0f}" for level, entry in floor.items())
+            lines += [
+                "",
+                f"For scale, the same server's `GET /api/health` (no model work) in the same run, req/s by "
+                f"requests in flight: {rates}.",
+            ]
         lines.append("")
     machine = report["machine"]
     lines.append(

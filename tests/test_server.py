@@ -809,3 +809,28 @@ def test_spatial_model_scales_huge_photos_down_to_the_side_limit(
     assert (report["input"]["width"], report["input"]["height"]) == (40, 24)
     assert "scaled 100x60 down to 40x24" in report["note"]
     assert report["original"]["width"] == 100
+
+
+def test_job_gate_serves_waiters_first_come_first_served() -> None:
+    """A freed slot goes to the longest waiter, so a burst's tail latency stays near its median."""
+    from latentz.server.limits import JobGate
+
+    gate = JobGate(slots=1, timeout_s=10)
+    order: list[int] = []
+    threads = []
+
+    def job(index: int) -> None:
+        with gate.slot():
+            order.append(index)
+
+    with gate.slot():
+        for index in range(6):
+            thread = threading.Thread(target=job, args=(index,))
+            thread.start()
+            threads.append(thread)
+            while len(gate._waiting) < index + 1:  # wait until it is in line before the next arrives
+                thread.join(0.001)
+    for thread in threads:
+        thread.join()
+    assert order == list(range(6))
+    assert gate._free == 1 and not gate._waiting

@@ -11,6 +11,7 @@ import io
 import json
 import threading
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -226,20 +227,46 @@ def _looks_like_image(data: bytes) -> bool:
 
 
 class JobGate:
-    """At most N inference jobs at once; others wait in line, and give up with 429 after a timeout.
+    """At most N inference jobs at once; the rest wait in line (first come, first served) and give
+    up with 429 after a timeout.
 
     ONNX sessions run with one thread each, so more simultaneous jobs than cores only adds memory
-    and context switches; the cap keeps latency predictable under bursts.
+    and context switches. The line is strictly FIFO (a freed slot is handed to the longest waiter,
+    never grabbed by a newcomer), which keeps the tail latency of a burst close to its median.
     """
 
     def __init__(self, slots: int, timeout_s: float) -> None:
         self.slots = max(1, slots)
         self.timeout_s = timeout_s
-        self._semaphore = threading.BoundedSemaphore(self.slots)
+        self._lock = threading.Lock()
+        self._free = self.slots
+        self._waiting: deque[threading.Event] = deque()
+
+    def _acquire(self) -> bool:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return True
+            ticket = threading.Event()
+            self._waiting.append(ticket)
+        if ticket.wait(self.timeout_s):
+            return True
+        with self._lock:
+            if ticket.is_set():  # the slot arrived just as the wait timed out
+                return True
+            self._waiting.remove(ticket)
+            return False
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()  # hand the slot over directly
+            else:
+                self._free += 1
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
-        if not self._semaphore.acquire(timeout=self.timeout_s):
+        if not self._acquire():
             raise ApiError(
                 429,
                 f"server busy: all {self.slots} inference slots stayed taken for {self.timeout_s:g} s; retry",
@@ -247,4 +274,4 @@ class JobGate:
         try:
             yield
         finally:
-            self._semaphore.release()
+            self._release()
