@@ -9,11 +9,12 @@
    paint (which includes waiting for the next animation frame).
 2. Server. `latentz serve` (sessions loaded once, shared by threads) and bench/baseline_server.py
    (the model reloaded on every request, as the original backend did) each run as their own
-   process on loopback; an asyncio httpx client keeps 1, 8 and 32 requests in flight for
-   ``--duration`` seconds per case (after a warm-up) against encode (a 28x28 PNG digit ->
-   .latentz) and decode (.latentz -> PNG). Throughput, median and p99 latency, and the ratios
-   latentz / baseline, all from this one run; plus `GET /api/health` on latentz, the HTTP stack's
-   own ceiling at that moment, to tell model work from machine load.
+   process on loopback, side by side; an asyncio httpx client keeps 1, 8 and 32 requests in
+   flight for ``--duration`` seconds per case and server, in ``--rounds`` slices that alternate
+   between the two servers (so drifting load from other work hits both alike), against encode
+   (a 28x28 PNG digit -> .latentz) and decode (.latentz -> PNG). Throughput, median and p99
+   latency, and the ratios latentz / baseline, all from this one run; plus `GET /api/health` on
+   latentz, the HTTP stack's own ceiling at that moment, to tell model work from machine load.
 
 Writes bench/results/web.json and bench/results/web.md (the Markdown table the README shows).
 The machine is shared (2 cores; the load generator runs on it too): compare rows of one run.
@@ -129,6 +130,7 @@ def percentile(values: list[float], q: float) -> float:
 async def hammer(
     url: str, op: str, model: str, png: bytes, blob: bytes, concurrency: int, duration: float, warmup: float
 ) -> dict[str, Any]:
+    """Keep ``concurrency`` requests in flight for ``duration`` seconds after ``warmup``; raw latencies."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -159,19 +161,33 @@ async def hammer(
         started = time.perf_counter()
         await asyncio.gather(*(worker(started + duration, True) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    ms = [1000 * value for value in latencies]
+    return {"latencies_s": latencies, "seconds": wall, "errors": errors}
+
+
+def combine(segments: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    """Pool interleaved segments of one case into throughput and latency figures."""
+    ms = [1000 * value for segment in segments for value in segment["latencies_s"]]
+    seconds = sum(segment["seconds"] for segment in segments)
+    errors: dict[str, int] = {}
+    for segment in segments:
+        for key, count in segment["errors"].items():
+            errors[key] = errors.get(key, 0) + count
     return {
         "concurrency": concurrency,
-        "requests": len(latencies),
-        "seconds": wall,
-        "requests_per_s": len(latencies) / wall,
+        "requests": len(ms),
+        "seconds": seconds,
+        "requests_per_s": len(ms) / seconds,
         "p50_ms": percentile(ms, 50),
         "p99_ms": percentile(ms, 99),
         "errors": errors,
     }
 
 
-def bench_servers(model: str, levels: list[int], duration: float, warmup: float) -> dict[str, Any]:
+def bench_servers(
+    model: str, levels: list[int], duration: float, warmup: float, rounds: int
+) -> dict[str, Any]:
+    """Both servers run side by side; each case alternates between them (A B B A ...) in ``rounds``
+    slices, so load from other work on the machine drifts over both alike."""
     png, blob = payloads(model)
     commands = {
         "latentz": [sys.executable, "-m", "latentz", "serve", "--log-level", "warning", "--port"],
@@ -180,17 +196,27 @@ def bench_servers(model: str, levels: list[int], duration: float, warmup: float)
             "--log-level", "warning", "--port",
         ],
     }  # fmt: skip
-    results: dict[str, Any] = {}
-    for name, command in commands.items():
-        port = free_port()
-        with server_process([*command, str(port)], port, name) as url:
-            results[name] = {}
-            # health: no model work at all, the HTTP stack's own ceiling on this machine right now
-            for op in ("encode", "decode", "health") if name == "latentz" else ("encode", "decode"):
-                results[name][op] = {}
-                for level in levels:
-                    outcome = asyncio.run(hammer(url, op, model, png, blob, level, duration, warmup))
-                    results[name][op][str(level)] = outcome
+    results: dict[str, Any] = {name: {} for name in commands}
+    ports = {name: free_port() for name in commands}
+    with (
+        server_process([*commands["latentz"], str(ports["latentz"])], ports["latentz"], "latentz") as ours,
+        server_process(
+            [*commands["baseline"], str(ports["baseline"])], ports["baseline"], "baseline"
+        ) as base,
+    ):
+        urls = {"latentz": ours, "baseline": base}
+        # health: no model work at all, the HTTP stack's own ceiling on this machine at that moment
+        for op in ("encode", "decode", "health"):
+            names = ["latentz", "baseline"] if op != "health" else ["latentz"]
+            for level in levels:
+                segments: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+                for round_index in range(rounds):
+                    order = names if round_index % 2 == 0 else names[::-1]
+                    for name in order:
+                        segment = hammer(urls[name], op, model, png, blob, level, duration / rounds, warmup)
+                        segments[name].append(asyncio.run(segment))
+                for name in names:
+                    outcome = results[name].setdefault(op, {})[str(level)] = combine(segments[name], level)
                     rate, p50, p99 = outcome["requests_per_s"], outcome["p50_ms"], outcome["p99_ms"]
                     print(
                         f"{name:8s} {op:6s} c={level:<3d} {rate:8.1f} req/s  p50 {p50:8.1f} ms  "
@@ -328,8 +354,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="bundle to use (default: mnist-z10 or the first vector model)")
-    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per server case")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each case")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per case and server")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each slice")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved slices per case and server")
     parser.add_argument("--concurrency", default="1,8,32", help="requests in flight, comma-separated")
     parser.add_argument("--moves", type=int, default=300, help="slider moves in the browser")
     parser.add_argument("--threads", default="1,2", help="onnxruntime-web thread counts to try")
@@ -346,6 +373,7 @@ def main() -> None:
         "settings": {
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "rounds": args.rounds,
             "concurrency": [int(c) for c in args.concurrency.split(",")],
         },
         "machine": {
@@ -359,7 +387,9 @@ def main() -> None:
     if not args.skip_browser:
         report["browser"] = bench_browser(model, args.moves, [int(t) for t in args.threads.split(",")])
     if not args.skip_server:
-        report["server"] = bench_servers(model, report["settings"]["concurrency"], args.duration, args.warmup)
+        report["server"] = bench_servers(
+            model, report["settings"]["concurrency"], args.duration, args.warmup, args.rounds
+        )
         report["ratios"] = {
             op: {
                 level: {
