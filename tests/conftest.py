@@ -43,6 +43,15 @@ def make_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.uint8)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def folder_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Photo-folder caches (`latentz.folder_cache`) go to a temporary folder, not ~/.cache."""
+    root = tmp_path_factory.mktemp("folder-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LATENTZ_CACHE", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder laid out like the official MNIST release (train + t10k, images + labels, gzipped)."""

@@ -10,7 +10,9 @@ Specs:
 - ``folder:DIR`` — every JPEG/PNG/WebP/BMP under DIR (recursive, sorted, content-checked).
   Photos are resized keeping the aspect ratio and centre-cropped to a square; unreadable files
   are skipped with a warning and counted. Without ``image_size`` they become 64x64
-  (`DEFAULT_FOLDER_SIZE`), RGB unless ``channels=1``.
+  (`DEFAULT_FOLDER_SIZE`), RGB unless ``channels=1``. Training decodes a folder once into a
+  memory-mapped cache (`latentz.folder_cache`) and reads it batch by batch (``lazy=True``); other
+  loads reuse that cache when it is current and otherwise decode just the split they need.
 
 A bare path also works: an existing ``*idx3-ubyte[.gz]`` file is read as ``idx:``, a directory as
 ``folder:``.
@@ -19,7 +21,8 @@ Splits: ``train`` and ``val`` partition the training file with a seeded permutat
 (`split_indices`); ``test`` is the official test file when there is one, else the same images
 as ``val`` (``source_note`` says which); ``all`` is the whole training file.
 
-Torch-free. Images stay uint8 ``(N, H, W, C)`` in memory.
+Torch-free. Images are uint8 ``(N, H, W, C)``: numpy arrays, or with ``lazy=True`` (folders only)
+an `ImageRows` that reads the cached images a batch at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentz import imaging
+from latentz import folder_cache, imaging
+from latentz.folder_cache import ImageRows
 
 NAMED_DATASETS = ("mnist", "fashion-mnist")
 SPLITS = ("train", "val", "test", "all")
@@ -71,7 +75,7 @@ class DatasetError(ValueError):
 class ImageSet:
     """Images of one split of one data set, plus where they came from (for model cards)."""
 
-    images: np.ndarray  # uint8 (N, H, W, C)
+    images: np.ndarray | ImageRows  # uint8 (N, H, W, C); ImageRows only when loaded with lazy=True
     labels: np.ndarray | None  # int64 (N,) or None
     spec: str
     split: str  # "train" | "val" | "test" | "all"
@@ -268,6 +272,21 @@ def _decode_files(
     return images, skipped, used
 
 
+def _folder_cache(
+    directory: Path, files: list[Path], size: int, channels: int, *, build: bool, progress: bool
+) -> folder_cache.FolderCache | None:
+    """The folder's current cache; built now if ``build`` and there is none."""
+    try:
+        cache = folder_cache.open_cache(directory, files, size, channels)
+        if cache is None and build:
+            cache = folder_cache.build_cache(directory, files, size, channels, progress=progress)
+    except folder_cache.CacheError as error:
+        raise DatasetError(str(error)) from None
+    except FileNotFoundError as error:
+        raise DatasetError(f"{directory}: a file disappeared while listing the folder ({error})") from None
+    return cache
+
+
 # -- specs --------------------------------------------------------------------------------------
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split a spec into (kind, argument): kind is "idx", "named" or "folder"."""
@@ -350,18 +369,35 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
+    *,
+    lazy: bool = False,
+    progress: bool = False,
 ) -> ImageSet:
     """Load one split of the data set named by ``spec`` as uint8 ``(N, H, W, C)`` images.
 
     ``image_size`` None keeps IDX images at their native size and makes folder photos
     `DEFAULT_FOLDER_SIZE`; ``channels`` None keeps the native count (1 for IDX, 3 for photos).
     ``limit`` keeps the first ``limit`` images of the split, for quick runs.
+
+    ``lazy`` lets a folder's images come back as an `ImageRows` over the folder's memory-mapped
+    cache, building the cache first if needed (``progress`` shows a bar meanwhile), so memory
+    does not grow with the folder. With a ``limit`` and no cache yet, only the first images are
+    decoded, as without ``lazy``: a quick run should not pay for caching 100k photos.
     """
     _check_arguments(split, image_size, channels, limit)
     kind, argument = parse_spec(spec)
     if kind == "folder":
         return _load_folder(
-            spec, Path(argument).expanduser(), split, image_size, channels, val_fraction, seed, limit
+            spec,
+            Path(argument).expanduser(),
+            split,
+            image_size,
+            channels,
+            val_fraction,
+            seed,
+            limit,
+            lazy=lazy,
+            progress=progress,
         )
     if kind == "named":
         train_file, test_file = resolve_named(argument)
@@ -410,8 +446,11 @@ def _load_folder(
     val_fraction: float,
     seed: int,
     limit: int | None,
+    *,
+    lazy: bool = False,
+    progress: bool = False,
 ) -> ImageSet:
-    """Split the sorted file list first, then decode only the chosen split's files."""
+    """Split the sorted file list first, then take the chosen split's images from the cache or decode them."""
     files = list_image_files(directory)
     if not files:
         raise DatasetError(f"{directory}: no JPEG/PNG/WebP/BMP files found (searched recursively)")
@@ -430,7 +469,13 @@ def _load_folder(
             "val": f"val: {held_out}",
             "test": f"test: folders have no official test set, using the validation split: {held_out}",
         }[split]
-    images, skipped, used = _decode_files(chosen, size, channels or 3, limit)
+    build = lazy and limit is None
+    cache = _folder_cache(directory, files, size, channels or 3, build=build, progress=progress)
+    if cache is None:
+        images, skipped, used = _decode_files(chosen, size, channels or 3, limit)
+    else:
+        rows, skipped, used = cache.select(chosen, limit)
+        images = rows if lazy else np.asarray(rows)
     if len(images) == 0 and (limit is None or limit > 0):
         if chosen:
             raise DatasetError(

@@ -10,6 +10,16 @@ augmentation, a fresh fixed-seed generator for validation noise), batches are pl
 of a uint8 tensor (no DataLoader workers), and the checkpoint stores every RNG state together with
 the model and optimizer. The learning rate is a pure function of training progress, so there is
 no scheduler state that could drift. Resuming therefore reproduces an uninterrupted run exactly.
+
+Under torchrun the same loop runs in every process (:mod:`latentz.distributed`): each computes its
+share of every global batch and only rank 0 touches the run folder. Photo folders are read batch by
+batch from their memory-mapped cache (:mod:`latentz.folder_cache`), so memory does not grow with
+the folder.
+
+Crash safety: every file is written whole and renamed into place, so a run killed at any moment
+leaves the previous checkpoint as the latest; ``resume`` continues from it (or starts over if the
+run was killed before its first checkpoint) and tidies what the kill left behind. Errors writing
+the folder (read-only, disk full) stop the run with a one-line `TrainingError`.
 """
 
 from __future__ import annotations
@@ -20,9 +30,11 @@ import math
 import platform
 import random
 import shlex
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,10 +46,12 @@ from torch import Tensor
 from torch.nn import functional as F
 
 import latentz
-from latentz import bundle, export
-from latentz.config import ConfigError, TrainConfig, from_dict, to_dict
+from latentz import bundle, distributed, export
+from latentz.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from latentz.data import load_dataset
-from latentz.metrics import psnr
+from latentz.distributed import Context, ShardObjective
+from latentz.folder_cache import ImageRows
+from latentz.metrics import psnr_per_image
 from latentz.models import VAE, build_model, count_parameters, save_weights
 
 CHECKPOINT_DIR = "checkpoint"
@@ -57,6 +71,8 @@ FINAL_LR_FRACTION = 0.1
 #: How much faster than the network weights a learned pixel scale (gaussian-learned) adapts.
 LOG_SCALE_LR_FACTOR = 10.0
 EVAL_BATCH = 512
+#: Free space a run folder needs beyond its checkpoint and bundle files (plots, metrics, margin).
+FOLDER_SPACE_MARGIN_BYTES = 16 * 1024 * 1024
 MAX_TRAVERSAL_DIMS = 16
 TRAVERSAL_VALUES = (-3.0, -2.25, -1.5, -0.75, 0.0, 0.75, 1.5, 2.25, 3.0)
 
@@ -65,10 +81,14 @@ class TrainingError(RuntimeError):
     """A run that cannot start or continue: diverged loss, nothing to resume, an occupied folder."""
 
 
+#: Images as training holds them: a uint8 (N, H, W, C) tensor in memory, or a folder cache's rows.
+Images = Tensor | ImageRows
+
+
 @dataclass
 class TrainingData:
-    train: Tensor  # uint8 (N, H, W, C)
-    val: Tensor
+    train: Images  # uint8 (N, H, W, C)
+    val: Images
     val_labels: np.ndarray | None
     spec: str
     source_note: str
@@ -94,8 +114,12 @@ def lr_at(config: TrainConfig, epoch_progress: float) -> float:
 
 
 # -- data -------------------------------------------------------------------------------------
-def load_training_data(config: TrainConfig) -> TrainingData:
-    """The run's train and validation images, exactly as training sees them (split, limit, size)."""
+def load_training_data(config: TrainConfig, *, lazy: bool = False, progress: bool = False) -> TrainingData:
+    """The run's train and validation images, exactly as training sees them (split, limit, size).
+
+    ``lazy`` leaves a photo folder's images in its memory-mapped cache (built first if needed, with
+    a progress bar if ``progress``); the images are the same, read a batch at a time.
+    """
     model = config.model
     sets = {
         split: load_dataset(
@@ -106,6 +130,8 @@ def load_training_data(config: TrainConfig) -> TrainingData:
             val_fraction=config.val_fraction,
             seed=SPLIT_SEED,
             limit=split_limit(config, split),
+            lazy=lazy,
+            progress=progress and split == "train",
         )
         for split in ("train", "val")
     }
@@ -122,13 +148,31 @@ def load_training_data(config: TrainConfig) -> TrainingData:
             )
     train_set, val_set = sets["train"], sets["val"]
     return TrainingData(
-        train=torch.from_numpy(np.ascontiguousarray(train_set.images).copy()),
-        val=torch.from_numpy(np.ascontiguousarray(val_set.images).copy()),
+        train=_in_memory_unless_cached(train_set.images),
+        val=_in_memory_unless_cached(val_set.images),
         val_labels=val_set.labels,
         spec=train_set.spec,
         source_note=train_set.source_note,
         skipped=train_set.skipped + val_set.skipped,
     )
+
+
+def _in_memory_unless_cached(images: np.ndarray | ImageRows) -> Images:
+    if isinstance(images, ImageRows):
+        return images
+    return torch.from_numpy(np.ascontiguousarray(images).copy())
+
+
+def images_at(images: Images, index: Tensor | slice | list[int]) -> Tensor:
+    """The images at ``index`` as a uint8 tensor, whether they are in memory or in a folder cache."""
+    if isinstance(images, Tensor):
+        return images[index]
+    return torch.from_numpy(images[index.numpy() if isinstance(index, Tensor) else index])
+
+
+def _numpy(images: Images) -> np.ndarray | ImageRows:
+    """A numpy view for numpy consumers (a folder cache's rows already index like one)."""
+    return images.numpy() if isinstance(images, Tensor) else images
 
 
 def split_limit(config: TrainConfig, split: str) -> int | None:
@@ -146,7 +190,7 @@ def to_float(batch: Tensor) -> Tensor:
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """float (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C), rounding like every other tool here."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().contiguous().numpy()
 
 
 def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -191,36 +235,38 @@ def random_crop(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
 
 # -- evaluation -------------------------------------------------------------------------------
 @torch.no_grad()
-def validate(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> dict[str, float]:
+def validate(model: VAE, images: Images, batch_size: int = EVAL_BATCH) -> dict[str, float]:
     """True (beta = 1) ELBO terms per image and PSNR of the mean reconstruction, with fixed noise."""
     generator = torch.Generator().manual_seed(VAL_NOISE_SEED)
+    device = next(model.parameters()).device
     totals = {"neg_elbo": 0.0, "recon": 0.0, "kl": 0.0}
-    reconstructions = []
+    psnrs = []
     was_training = model.training
     model.eval()
     for start in range(0, len(images), batch_size):
-        x = to_float(images[start : start + batch_size])
+        batch = images_at(images, slice(start, start + batch_size))
+        x = to_float(batch).to(device)
         mean, logvar = model.encode(x)
-        z = mean + torch.randn(mean.shape, generator=generator) * (0.5 * logvar).exp()
+        z = mean + torch.randn(mean.shape, generator=generator).to(device) * (0.5 * logvar).exp()
         recon = -model.log_likelihood(x, model.decode(z))
         kl = model.kl_divergence(mean, logvar)
         totals["recon"] += float(recon.sum())
         totals["kl"] += float(kl.sum())
         totals["neg_elbo"] += float((recon + kl).sum())
-        reconstructions.append(to_uint8(model.decode_mean(mean)))
+        psnrs.append(psnr_per_image(batch.numpy(), to_uint8(model.decode_mean(mean))))
     model.train(was_training)
     metrics = {key: value / len(images) for key, value in totals.items()}
-    # Mean of per-image PSNRs, the figure `latentz eval` reports too.
-    metrics["psnr"] = psnr(images.numpy(), np.concatenate(reconstructions))
+    # Mean of per-image PSNRs (what metrics.psnr and `latentz eval` report), batch by batch.
+    metrics["psnr"] = float(np.mean(np.concatenate(psnrs)))
     return metrics
 
 
 @torch.no_grad()
-def posterior_means(model: VAE, images: Tensor, batch_size: int = EVAL_BATCH) -> tuple[Tensor, Tensor]:
+def posterior_means(model: VAE, images: Images, batch_size: int = EVAL_BATCH) -> tuple[Tensor, Tensor]:
     """Posterior means and log-variances for every image, in batches."""
     means, logvars = [], []
     for start in range(0, len(images), batch_size):
-        mean, logvar = model.encode(to_float(images[start : start + batch_size]))
+        mean, logvar = model.encode(to_float(images_at(images, slice(start, start + batch_size))))
         means.append(mean)
         logvars.append(logvar)
     return torch.cat(means), torch.cat(logvars)
@@ -374,47 +420,189 @@ class _Progress:
             self.bar.stop()
 
 
-def _prepare_folder(out_dir: Path, resume: bool) -> Path:
+def _prepare_folder(out_dir: Path, resume: bool) -> Path | None:
+    """Check the run folder can take this run; returns the checkpoint to resume from, if any.
+
+    ``resume`` of a run killed before its first checkpoint (its ``train_config.json`` is there, no
+    checkpoint yet) starts it over, so one resume command works whenever a run was stopped.
+    """
     checkpoint = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     if resume:
-        if not checkpoint.is_file():
+        _remove_partial_files(out_dir)
+        if checkpoint.is_file():
+            return checkpoint
+        started = (out_dir / TRAIN_CONFIG_FILE).is_file() and not (out_dir / METRICS_FILE).exists()
+        if not started:
             raise TrainingError(
                 f"nothing to resume: {checkpoint} does not exist (train without --resume first)"
             )
-        return checkpoint
     if out_dir.exists() and not out_dir.is_dir():
         raise TrainingError(f"output path {out_dir} exists and is not a folder")
     occupied = [
         name
-        for name in (CHECKPOINT_DIR, METRICS_FILE, bundle.WEIGHTS_FILE, bundle.CARD_FILE)
+        for name in (
+            f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}",
+            METRICS_FILE,
+            bundle.WEIGHTS_FILE,
+            bundle.CARD_FILE,
+        )
         if (out_dir / name).exists()
     ]
-    if occupied:
+    if occupied and not resume:
         raise TrainingError(
             f"{out_dir} already holds a training run ({', '.join(occupied)}); pass --resume to "
             f"continue it, or choose another output folder"
         )
-    return checkpoint
+    _check_writable(out_dir)
+    return None
+
+
+def _remove_partial_files(out_dir: Path) -> None:
+    """Delete the temporary files of writes a kill interrupted: every writer here (checkpoints,
+    bundle files, ONNX, plots) writes a hidden temporary file and renames it into place."""
+    patterns = {out_dir: ".*.tmp", out_dir / CHECKPOINT_DIR: ".*.tmp", out_dir / bundle.PLOTS_DIR: ".*.png"}
+    for folder, pattern in patterns.items():
+        for partial in folder.glob(pattern):
+            partial.unlink(missing_ok=True)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before any training if the run folder (or the folder it will be made in) is read-only."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise TrainingError(
+            f"cannot write to {existing} ({error.strerror or error}); choose an output folder you "
+            f"can write to"
+        ) from None
+
+
+def _writing(what: str, path: Path, action: Callable[[], None], *, after: str) -> None:
+    """Run a write; an OSError (disk full, read-only, quota) becomes one clear TrainingError."""
+    try:
+        action()
+    except OSError as error:
+        raise TrainingError(f"cannot write {what} {path} ({error.strerror or error}); {after}") from None
+
+
+def _check_free_space(out_dir: Path, model_config: ModelConfig) -> None:
+    """Refuse to start when the disk cannot hold a checkpoint and the bundle (a rough upper bound).
+
+    A checkpoint holds the weights and Adam's two moments, and is briefly on disk twice while it
+    replaces the previous one; the bundle holds the weights again and two ONNX halves.
+    """
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    with torch.device("meta"):  # the parameter count without allocating or drawing random numbers
+        weights_bytes = 4 * count_parameters(build_model(model_config))
+    needed = weights_bytes * (3 * 2 + 3) + FOLDER_SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise TrainingError(
+            f"not enough disk space in {existing}: this run needs about {needed / 1e6:,.0f} MB for its "
+            f"checkpoints and bundle, {free / 1e6:,.0f} MB are free"
+        )
+
+
+def _start_folder(out_dir: Path, config: TrainConfig, history: list[dict[str, Any]]) -> None:
+    """Create the run folder with its config; a resumed run's metrics are rewritten from its checkpoint
+    (a kill between writing the checkpoint and the metrics leaves the metrics one epoch behind)."""
+    _writing(
+        "the run configuration",
+        out_dir / TRAIN_CONFIG_FILE,
+        lambda: bundle.atomic_write_json(out_dir / TRAIN_CONFIG_FILE, to_dict(config)),
+        after="choose an output folder you can write to",
+    )
+    if history:
+        _write_metrics(out_dir, history)
+
+
+def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    # Rewritten whole (not appended) so it always agrees with the checkpoint after a crash.
+    lines = "".join(json.dumps(r) + "\n" for r in history)
+    _writing(
+        "metrics",
+        out_dir / METRICS_FILE,
+        lambda: bundle.atomic_write_bytes(out_dir / METRICS_FILE, lines.encode()),
+        after=f"the checkpoint of epoch {len(history)} is saved: free space and continue with --resume",
+    )
+
+
+def _save_progress(out_dir: Path, checkpoint_path: Path, state: dict[str, Any]) -> None:
+    """The checkpoint, then the metrics it includes; each replaces its previous version whole."""
+    done = state["epoch"] - 1
+    kept = (
+        f"the checkpoint of epoch {done} is intact: free space and continue with --resume"
+        if done > 0
+        else "no checkpoint was written yet"
+    )
+    _writing("the checkpoint", checkpoint_path, lambda: _save_checkpoint(checkpoint_path, state), after=kept)
+    _write_metrics(out_dir, state["history"])
+
+
+#: One optimisation step's forward pass: (loss to backpropagate, mean loss, summed -ELBO, summed KL)
+#: over the whole global batch ``x`` at this KL weight.
+Step = Callable[[Tensor, float], tuple[Tensor, float, float, float]]
+
+
+def _local_step(model: VAE, device: torch.device) -> Step:
+    """The batch through the model in this process (the one-process run)."""
+
+    def step(x: Tensor, kl_weight: float) -> tuple[Tensor, float, float, float]:
+        out = model(x.to(device), kl_weight=kl_weight)
+        return out["loss"], out["loss"].item(), float(out["neg_elbo"].sum()), float(out["kl"].sum())
+
+    return step
+
+
+def _sharded_step(model: VAE, context: Context) -> Step:
+    """This process's shard of the batch through DistributedDataParallel; totals over all shards."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    on_gpu = context.device.type == "cuda"
+    objective = DistributedDataParallel(
+        ShardObjective(model, context.world_size),
+        device_ids=[context.device.index] if on_gpu else None,
+        broadcast_buffers=False,  # the only buffer is a fixed pixel scale, identical everywhere
+    )
+
+    def step(x: Tensor, kl_weight: float) -> tuple[Tensor, float, float, float]:
+        start, stop = context.shard(len(x))
+        loss, sums = objective(x[start:stop].to(context.device), start, len(x), kl_weight)
+        loss_sum, neg_elbo, kl = context.sum(sums.tolist())
+        return loss, loss_sum / len(x), neg_elbo, kl
+
+    return step
 
 
 def _train_epoch(
     model: VAE,
     optimizer: torch.optim.Optimizer,
-    images: Tensor,
+    images: Images,
     config: TrainConfig,
     epoch: int,
     generator: torch.Generator,
     bar: _Progress,
     checkpoint_path: Path,
+    step: Step,
 ) -> dict[str, float]:
-    """One pass over the shuffled training images; returns summed loss, -ELBO and KL."""
+    """One pass over the shuffled training images; returns summed loss, -ELBO and KL.
+
+    Batches are drawn, cropped and augmented whole on every process (same generator, same draws),
+    then ``step`` runs the forward pass: here, or on this process's shard.
+    """
     started = time.perf_counter()
     sums = {"loss": 0.0, "neg_elbo": 0.0, "kl": 0.0}
     count = len(images)
     batches = math.ceil(count / config.batch_size)
     order = torch.randperm(count, generator=generator)
     for index in range(batches):
-        x = to_float(images[order[index * config.batch_size : (index + 1) * config.batch_size]])
+        x = to_float(images_at(images, order[index * config.batch_size : (index + 1) * config.batch_size]))
         if config.crop_size is not None:
             x = random_crop(x, config.crop_size, generator)
         if config.augment:
@@ -422,27 +610,26 @@ def _train_epoch(
         position = epoch + index / batches
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, position) * group["lr_factor"]
-        out = model(x, kl_weight=kl_weight_at(config, position))
-        loss = out["loss"]
-        if not torch.isfinite(loss):
+        loss, loss_value, neg_elbo, kl = step(x, kl_weight_at(config, position))
+        if not math.isfinite(loss_value):
             kept = (
                 f"the last good checkpoint (epoch {epoch}) is kept in {checkpoint_path}"
                 if epoch > 0
                 else "no checkpoint was written yet"
             )
             raise TrainingError(
-                f"training diverged: the loss became {loss.item()} at epoch {epoch + 1}, batch "
+                f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, batch "
                 f"{index + 1}/{batches}; lower --lr or check the data ({kept})"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums["loss"] += loss.item() * len(x)
-        sums["neg_elbo"] += float(out["neg_elbo"].sum())
-        sums["kl"] += float(out["kl"].sum())
+        sums["loss"] += loss_value * len(x)
+        sums["neg_elbo"] += neg_elbo
+        sums["kl"] += kl
         done = index * config.batch_size + len(x)
         rate = done / max(time.perf_counter() - started, 1e-9)
-        bar.update(f"epoch {epoch + 1}/{config.epochs}", len(x), rate, loss.item())
+        bar.update(f"epoch {epoch + 1}/{config.epochs}", len(x), rate, loss_value)
     return sums
 
 
@@ -454,28 +641,72 @@ def train(
     command: Sequence[str] | None = None,
     progress: bool = True,
     stop_after_epochs: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Train a VAE as ``config`` says and write the bundle into ``out_dir``; returns ``out_dir``.
 
     ``resume`` continues from ``out_dir/checkpoint/last.pt`` and ends with exactly the weights an
     uninterrupted run would have. ``stop_after_epochs`` ends this call early, after that many
     epochs in total, leaving only the checkpoint (time-sliced jobs; a later ``resume`` finishes).
-    ``command`` is recorded in the card (the argv that started the run).
+    ``command`` is recorded in the card (the argv that started the run). ``device`` is ``cpu``,
+    ``cuda`` or ``auto``. Started by torchrun, every process calls this and shares the work.
     """
-    out_dir = Path(out_dir)
-    checkpoint_path = _prepare_folder(out_dir, resume)
-    state = load_checkpoint(checkpoint_path) if resume else None
-    if state is not None:
+    with distributed.session(device) as context:
+        return _train(
+            config,
+            Path(out_dir),
+            context,
+            resume=resume,
+            command=command,
+            progress=progress,
+            stop_after_epochs=stop_after_epochs,
+        )
+
+
+def _load_on_each_machine(config: TrainConfig, context: Context, progress: bool) -> TrainingData:
+    """Every process loads the data; the first on each machine goes first, so it alone builds a
+    folder cache and the others open the finished one."""
+    if not context.is_local_main:
+        context.barrier()
+    data = load_training_data(config, lazy=True, progress=progress and context.is_local_main)
+    if context.is_local_main:
+        context.barrier()
+    return data
+
+
+def _train(
+    config: TrainConfig,
+    out_dir: Path,
+    context: Context,
+    *,
+    resume: bool,
+    command: Sequence[str] | None,
+    progress: bool,
+    stop_after_epochs: int | None,
+) -> Path:
+    def prepare() -> dict[str, Any] | None:
+        resume_from = _prepare_folder(out_dir, resume)
+        _check_free_space(out_dir, config.model)
+        if resume_from is None:
+            if resume:  # killed before its first checkpoint: the same run, from the start
+                saved = from_dict(TrainConfig, json.loads((out_dir / TRAIN_CONFIG_FILE).read_text()))
+                _check_resumable(saved, config, 0)
+            return None
+        state = load_checkpoint(resume_from)
         _check_resumable(from_dict(TrainConfig, state["config"]), config, state["epoch"])
+        return state
+
+    state = context.run_on_main(prepare)
+    checkpoint_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
 
     torch.manual_seed(config.seed)
-    data = load_training_data(config)
+    data = _load_on_each_machine(config, context, progress)
     n_train = len(data.train)
     if state is not None and state["n_train"] != n_train:
         raise TrainingError(
             f"the data changed since the checkpoint: {state['n_train']} training images then, {n_train} now"
         )
-    model = build_model(config.model)
+    model = build_model(config.model).to(context.device)
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
@@ -487,17 +718,21 @@ def train(
         history = list(state["history"])
         start_epoch, elapsed_s, train_s = state["epoch"], state["elapsed_s"], state["train_s"]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bundle.atomic_write_json(out_dir / TRAIN_CONFIG_FILE, to_dict(config))
+    context.run_on_main(lambda: _start_folder(out_dir, config, history))
     end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
-    bar = _Progress(progress, total_images=n_train * end_epoch, done_images=n_train * start_epoch)
+    bar = _Progress(
+        progress and context.is_main, total_images=n_train * end_epoch, done_images=n_train * start_epoch
+    )
+    step = _sharded_step(model, context) if context.distributed else _local_step(model, context.device)
     model.train()
     try:
         for epoch in range(start_epoch, end_epoch):
             epoch_start = time.perf_counter()
-            sums = _train_epoch(model, optimizer, data.train, config, epoch, generator, bar, checkpoint_path)
+            sums = _train_epoch(
+                model, optimizer, data.train, config, epoch, generator, bar, checkpoint_path, step
+            )
             epoch_train_s = time.perf_counter() - epoch_start
-            val = validate(model, data.val)
+            val = context.run_on_main(lambda: validate(model, data.val))
             if not all(math.isfinite(val[key]) for key in ("neg_elbo", "recon", "kl")):
                 raise TrainingError(
                     f"validation metrics are not finite after epoch {epoch + 1} ({val}); lower "
@@ -517,30 +752,33 @@ def train(
                 "elapsed_s": elapsed_s,
             }
             history.append(row)
-            _save_checkpoint(
-                checkpoint_path,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": to_dict(config),
-                    "epoch": epoch + 1,
-                    "n_train": n_train,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(generator),
-                    "history": history,
-                    "elapsed_s": elapsed_s,
-                    "train_s": train_s,
-                },
-            )
-            # Rewritten whole (not appended) so it always agrees with the checkpoint after a crash.
-            lines = "".join(json.dumps(r) + "\n" for r in history)
-            bundle.atomic_write_bytes(out_dir / METRICS_FILE, lines.encode())
+            state_now = {
+                "format": CHECKPOINT_FORMAT,
+                "config": to_dict(config),
+                "epoch": epoch + 1,
+                "n_train": n_train,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(generator),
+                "history": history,
+                "elapsed_s": elapsed_s,
+                "train_s": train_s,
+            }
+            context.run_on_main(lambda state=state_now: _save_progress(out_dir, checkpoint_path, state))
             bar.epoch_done(row, config.epochs)
     finally:
         bar.close()
-    if len(history) < config.epochs:
+    if len(history) < config.epochs or not context.is_main:
         return out_dir
-    write_bundle(model, config, out_dir, data, history, elapsed_s=elapsed_s, train_s=train_s, command=command)
+    try:
+        write_bundle(
+            model, config, out_dir, data, history, elapsed_s=elapsed_s, train_s=train_s, command=command
+        )
+    except OSError as error:
+        raise TrainingError(
+            f"cannot write the bundle into {out_dir} ({error.strerror or error}); the final checkpoint "
+            f"is saved: free space and run again with --resume to write the bundle"
+        ) from None
     return out_dir
 
 
@@ -565,8 +803,11 @@ def write_bundle(
     train_s: float,
     command: Sequence[str] | None,
 ) -> None:
-    """Weights, configs and plots first, ``card.json`` last: a folder with a card is complete."""
-    model.eval()
+    """Weights, configs and plots first, ``card.json`` last: a folder with a card is complete.
+
+    Runs on the CPU whatever the model trained on: export and plots expect CPU tensors.
+    """
+    model.cpu().eval()
     weights = out_dir / bundle.WEIGHTS_FILE
     save_weights(model, weights)
     bundle.atomic_write_json(out_dir / bundle.CONFIG_FILE, to_dict(config.model))
@@ -576,8 +817,8 @@ def write_bundle(
     finished = export.finish_bundle(
         model,
         out_dir,
-        data.train.numpy(),
-        data.val.numpy(),
+        _numpy(data.train),
+        _numpy(data.val),
         export.entropy_note(data.spec, len(data.train)),
         posterior_train=(mean.double().numpy(), (0.5 * logvar).exp().double().numpy()),
     )
@@ -629,7 +870,7 @@ def write_plots(
     from latentz import plots
 
     model.eval()
-    val = data.val[:16]
+    val = images_at(data.val, slice(0, 16))
     mean, _ = model.encode(to_float(val))
     plots.plot_reconstructions(
         val.numpy(), to_uint8(model.decode_mean(mean)), plots_dir / "reconstructions.png"
@@ -658,7 +899,7 @@ def write_plots(
         title=f"Latent traversals around a validation image (rows: most-used {unit}s)",
     )
     first, second = _pick_pair(data.val_labels, len(data.val))
-    ends, _ = model.encode(to_float(data.val[[first, second]]))
+    ends, _ = model.encode(to_float(images_at(data.val, [first, second])))
     weights = torch.linspace(0, 1, 10).view(-1, *[1] * (ends.ndim - 1))
     strip = model.decode_mean((1 - weights) * ends[0] + weights * ends[1])
     plots.plot_interpolation(to_uint8(strip), plots_dir / "interpolation.png")

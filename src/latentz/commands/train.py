@@ -3,11 +3,16 @@
 Settings come from three layers, later ones winning: defaults chosen from the kind of data (grey
 digits or colour photos), an optional ``--config`` JSON file (a full or partial TrainConfig), and
 the command-line flags.
+
+Under torchrun (``torchrun --nproc-per-node N -m latentz train ...``) every process runs this
+command; rank 0 builds the configuration (it alone may see the run folder when resuming on several
+machines) and shares it, and only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -210,6 +215,12 @@ def register(app: typer.Typer) -> None:
             "its saved settings (--epochs may grow if it used --lr-schedule constant).",
         ),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or epoch lines."),
+        device: str = typer.Option(
+            "auto",
+            "--device",
+            help="auto (a CUDA GPU when there is one, else the CPU), cpu or cuda. Under torchrun each "
+            "process takes the GPU of its local rank.",
+        ),
     ) -> None:
         """Train a VAE and write a model bundle (weights, config, card, plots) into --out."""
         run_flags = {
@@ -235,21 +246,28 @@ def register(app: typer.Typer) -> None:
             "likelihood": likelihood,
             "scale": scale,
         }
-        try:
+
+        def configure() -> TrainConfig:
             saved = out / SAVED_CONFIG_FILE
             base = _read_config_file(saved) if resume and saved.is_file() else None
-            config = build_config(data, config_file, run_flags, model_flags, base)
-        except ConfigError as error:
-            _fail(str(error))
+            return build_config(data, config_file, run_flags, model_flags, base)
 
+        from latentz import distributed
         from latentz.data import DatasetError
         from latentz.training import TrainingError, default_command, train
 
         try:
-            bundle_dir = train(
-                config, out, resume=resume, command=default_command(), progress=not no_progress
-            )
-        except (ConfigError, DatasetError, TrainingError) as error:
+            with distributed.session(device) as context:
+                config = context.run_on_main(configure)
+                bundle_dir = train(
+                    config,
+                    out,
+                    resume=resume,
+                    command=default_command(),
+                    progress=not no_progress,
+                    device=device,
+                )
+        except (ConfigError, DatasetError, TrainingError, distributed.DistributedError) as error:
             _fail(str(error))
         except KeyboardInterrupt:
             _fail(
@@ -257,6 +275,8 @@ def register(app: typer.Typer) -> None:
                 f"`latentz train -o {out} --resume`",
                 code=130,
             )
+        if not is_main_process():
+            return
         if not (bundle_dir / "card.json").is_file():
             typer.echo(f"stopped early; checkpoint in {bundle_dir / 'checkpoint'}", err=True)
             return
@@ -268,6 +288,12 @@ def register(app: typer.Typer) -> None:
         )
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that talks to the user (no torch import)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    if is_main_process():
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
