@@ -169,9 +169,9 @@ def test_garbage_payloads_decode_to_something_or_fail_cleanly(
 
 # -- quantisation and entropy coding --------------------------------------------------------------
 def test_quality_table_is_the_documented_formula_and_monotone() -> None:
-    assert tuple(round(32 ** (1 - q / 100)) for q in range(101)) == codec.QUALITY_STEPS
+    assert tuple(round(256 ** (1 - q / 100)) for q in range(101)) == codec.QUALITY_STEPS
     assert all(a >= b for a, b in zip(codec.QUALITY_STEPS, codec.QUALITY_STEPS[1:], strict=False))
-    assert codec.step_for_quality(0) == 32 and codec.step_for_quality(100) == 1
+    assert codec.step_for_quality(0) == 256 and codec.step_for_quality(100) == 1
     for bad in (-1, 101, 50.5, True):
         with pytest.raises(ValueError, match="quality"):
             codec.step_for_quality(bad)  # type: ignore[arg-type]
@@ -283,3 +283,22 @@ def test_files_from_another_model_or_entropy_model_are_refused(model: codec.Entr
     refitted = fitted_model(seed=5)
     with pytest.raises(codec.ModelMismatchError, match="entropy model"):
         codec.decode_latent(data, entropy=refitted, fingerprint=FINGERPRINT, model_name="m")
+
+
+def test_a_step_coarse_enough_for_one_symbol_codes_nothing_for_that_channel() -> None:
+    """At a step wider than a channel's whole range only one symbol is left: it costs 0 bits."""
+    model = fitted_model()
+    step = codec.format.MAX_STEP
+    low, high = model.symbol_range(step)
+    assert np.all(low == high)
+    latents = np.random.default_rng(4).normal(0, 1, model.channels)
+    symbols = model.quantise(latents, step)
+    payload = entropy_module.encode_symbols(model, symbols, step)
+    assert payload == b""
+    np.testing.assert_array_equal(
+        entropy_module.decode_symbols(model, payload, (model.channels,), step), symbols
+    )
+    data = codec.encode_latent(
+        latents, entropy=model, step=step, fingerprint=FINGERPRINT, height=28, width=28, channels=1
+    )
+    assert len(data) == codec.header_bytes(codec.unpack(data)[0]) == 16  # a 2-byte step, nothing else

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 #: Tiles smaller than this (in pixels) are upscaled by an integer factor so they are not postage stamps.
 MIN_TILE_SIDE = 84
@@ -229,7 +229,10 @@ def plot_rd(
         xs, ys = zip(*finite, strict=True)
         axes.plot(xs, ys, marker="o", markersize=4, label=name)
     axes.set_xscale("log")
-    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 100, not 10^2
+    # Labels at 1-2-5 steps in plain numbers (100, not 10^2); unlabelled minor ticks between them.
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=12)

@@ -43,110 +43,14 @@ TOTAL = 1 << 24
 """Each channel's counts sum to about this much (plus the floor of 1 per bin)."""
 
 QUALITY_STEPS: tuple[int, ...] = (
-    32,
-    31,
-    30,
-    29,
-    28,
-    27,
-    26,
-    25,
-    24,
-    23,
-    23,
-    22,
-    21,
-    20,
-    20,
-    19,
-    18,
-    18,
-    17,
-    17,
-    16,
-    15,
-    15,
-    14,
-    14,
-    13,
-    13,
-    13,
-    12,
-    12,
-    11,
-    11,
-    11,
-    10,
-    10,
-    10,
-    9,
-    9,
-    9,
-    8,
-    8,
-    8,
-    7,
-    7,
-    7,
-    7,
-    6,
-    6,
-    6,
-    6,
-    6,
-    5,
-    5,
-    5,
-    5,
-    5,
-    5,
-    4,
-    4,
-    4,
-    4,
-    4,
-    4,
-    4,
-    3,
-    3,
-    3,
-    3,
-    3,
-    3,
-    3,
-    3,
-    3,
-    3,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    2,
-    1,
-    1,
-    1,
-    1,
-    1,
-    1,
-    1,
-    1,
-    1,
-    1,
-    1,
-    1,
+    256, 242, 229, 217, 205, 194, 184, 174, 164, 155, 147, 139, 132, 124, 118, 111, 105, 100, 94,
+    89, 84, 80, 76, 72, 68, 64, 61, 57, 54, 51, 49, 46, 43, 41, 39, 37, 35, 33, 31, 29, 28, 26, 25,
+    24, 22, 21, 20, 19, 18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 9, 9, 8, 8, 7, 7, 7, 6, 6,
+    6, 5, 5, 5, 4, 4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1,
 )
-"""Step (fine units) for quality 0..100: ``round(32 ** (1 - q / 100))``, from 8 units down to a
-quarter unit, written out so that no machine's ``pow`` can change which step a quality means."""
+"""Step (fine units) for quality 0..100: ``round(256 ** (1 - q / 100))``, from 64 posterior stds
+(the smallest files a confident model can make) down to a quarter (the unquantised decode), written
+out so that no machine's ``pow`` can change which step a quality means."""
 
 
 class EntropyModelError(ValueError):
@@ -410,6 +314,8 @@ def encode_symbols(model: EntropyModel, symbols: np.ndarray, step: int) -> bytes
         values = np.ravel(symbols[channel])
         if values.size and (values.min() < low[channel] or values.max() > high[channel]):
             raise ValueError(f"channel {channel}: symbols outside the model's range; quantise() clamps them")
+        if low[channel] == high[channel]:
+            continue  # a one-symbol alphabet carries no information: nothing is coded
         categorical = constriction.stream.model.Categorical(model.probabilities(channel, step), perfect=False)
         encoder.encode((values - low[channel]).astype(np.int32), categorical)
     full = encoder.get_compressed().astype(">u4").tobytes()
@@ -465,10 +371,13 @@ def decode_symbols(model: EntropyModel, payload: bytes, shape: tuple[int, ...], 
     padded = payload + b"\0" * (-len(payload) % 4)
     words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)
-    low, _ = model.symbol_range(step)
+    low, high = model.symbol_range(step)
     per_channel = int(np.prod(shape[1:], dtype=np.int64))
     out = np.empty((model.channels, per_channel), dtype=np.int64)
     for channel in range(model.channels):
+        if low[channel] == high[channel]:
+            out[channel] = low[channel]  # nothing was coded for a one-symbol alphabet
+            continue
         categorical = constriction.stream.model.Categorical(model.probabilities(channel, step), perfect=False)
         try:
             decoded = decoder.decode(categorical, per_channel)

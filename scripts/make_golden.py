@@ -1,0 +1,58 @@
+"""Regenerate the codec's golden files: run only when the format or a bundled model changes ON PURPOSE.
+
+    .venv/bin/python scripts/make_golden.py
+
+For each bundle below it encodes a fixed committed image at a fixed quality and writes, under
+tests/golden/: the .latentz file, a JSON of what decoding it must give (symbols, latent, file
+hash) and the decoded PNG. tests/test_golden.py then checks that today's code reproduces them
+bit for bit. A diff in these files in review means the bitstream changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from latentz import imaging, runtime
+from latentz.codec import entropy
+
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
+CASES = {"mnist-z10": ("digit.png", 75), "mnist-z32": ("digit.png", 30)}
+
+
+def main() -> None:
+    for model_name, (image_name, quality) in CASES.items():
+        model = runtime.load(model_name)
+        image = imaging.load_array(GOLDEN / image_name, None, model.config.channels)
+        data = model.compress(image, quality=quality)
+        header, latent = model.read(data)
+        symbols = entropy.decode_symbols(model.entropy, codec_payload(data), header.latent_shape, header.step)
+        stem = f"{model_name}-q{quality}"
+        (GOLDEN / f"{stem}.latentz").write_bytes(data)
+        (GOLDEN / f"{stem}.png").write_bytes(imaging.png_bytes(model.decompress(data)))
+        expected = {
+            "model": model_name,
+            "fingerprint": model.fingerprint,
+            "image": image_name,
+            "quality": quality,
+            "file_sha256": hashlib.sha256(data).hexdigest(),
+            "file_bytes": len(data),
+            "step": header.step,
+            "symbols": np.asarray(symbols).ravel().tolist(),
+            "latent": [float(v) for v in np.asarray(latent, dtype=np.float32).ravel()],
+        }
+        (GOLDEN / f"{stem}.json").write_text(json.dumps(expected, indent=1) + "\n")
+        print(f"{stem}: {len(data)} bytes, sha256 {expected['file_sha256'][:16]}")
+
+
+def codec_payload(data: bytes) -> bytes:
+    from latentz.codec import unpack
+
+    return unpack(data)[1]
+
+
+if __name__ == "__main__":
+    main()
