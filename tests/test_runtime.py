@@ -75,7 +75,9 @@ image = (np.arange(784, dtype=np.uint8).reshape(28, 28, 1) * 7)
 data = model.compress(image, quality=60)
 decoded = model.decompress(data)
 assert decoded.shape == (28, 28, 1), decoded.shape
-import latentz.codec, latentz.rd, latentz.bundle, latentz.imaging, latentz.metrics
+# Every module docs/architecture.md marks torch-free: what a receiver or the server may import.
+import latentz.config, latentz.bundle, latentz.imaging, latentz.metrics, latentz.data
+import latentz.folder_cache, latentz.plots, latentz.codec, latentz.rd, latentz.server.app
 print("torch" in sys.modules)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
