@@ -16,6 +16,7 @@ on rank 0's.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -141,7 +142,11 @@ def _picklable(error: Exception) -> Exception:
 def session(device: str = "cpu") -> Iterator[Context]:
     """This process's `Context`; under torchrun, joins (and afterwards leaves) the process group.
 
-    A group somebody already initialised is used as it is and left for them to destroy.
+    A group somebody already initialised is used as it is and left for them to destroy. After a
+    normal end every process meets the others once more before leaving, and objects still tied to
+    the group (DistributedDataParallel's reducer) are collected before it goes: a worker once
+    aborted at exit ("terminate called without an active exception", gloo, torch 2.13) when it
+    left while rank 0 was still writing the bundle.
     """
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -156,10 +161,14 @@ def session(device: str = "cpu") -> Iterator[Context]:
             torch.cuda.set_device(chosen)
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    context = Context(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
     try:
-        yield Context(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
+        yield context
+        if owns_group:
+            context.barrier()  # not after an error: the others may never get here
     finally:
         if owns_group and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
 
 

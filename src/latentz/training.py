@@ -539,7 +539,7 @@ def _save_progress(out_dir: Path, checkpoint_path: Path, state: dict[str, Any]) 
     kept = (
         f"the checkpoint of epoch {done} is intact: free space and continue with --resume"
         if done > 0
-        else "no checkpoint was written yet"
+        else "nothing was checkpointed yet: free space and run again (--resume starts it over)"
     )
     _writing("the checkpoint", checkpoint_path, lambda: _save_checkpoint(checkpoint_path, state), after=kept)
     _write_metrics(out_dir, state["history"])
@@ -568,7 +568,7 @@ def _sharded_step(model: VAE, context: Context) -> Step:
     objective = DistributedDataParallel(
         ShardObjective(model, context.world_size),
         device_ids=[context.device.index] if on_gpu else None,
-        broadcast_buffers=False,  # the only buffer is a fixed pixel scale, identical everywhere
+        forward_sync_buffers=False,  # the only buffer is a fixed pixel scale, identical everywhere
     )
 
     def step(x: Tensor, kl_weight: float) -> tuple[Tensor, float, float, float]:
@@ -768,17 +768,22 @@ def _train(
             bar.epoch_done(row, config.epochs)
     finally:
         bar.close()
-    if len(history) < config.epochs or not context.is_main:
+    if len(history) < config.epochs:
         return out_dir
-    try:
-        write_bundle(
-            model, config, out_dir, data, history, elapsed_s=elapsed_s, train_s=train_s, command=command
-        )
-    except OSError as error:
-        raise TrainingError(
-            f"cannot write the bundle into {out_dir} ({error.strerror or error}); the final checkpoint "
-            f"is saved: free space and run again with --resume to write the bundle"
-        ) from None
+
+    def finish() -> None:
+        try:
+            write_bundle(
+                model, config, out_dir, data, history, elapsed_s=elapsed_s, train_s=train_s, command=command
+            )
+        except OSError as error:
+            raise TrainingError(
+                f"cannot write the bundle into {out_dir} ({error.strerror or error}); the final "
+                f"checkpoint is saved: free space and run again with --resume to write the bundle"
+            ) from None
+
+    # The other processes wait for rank 0's bundle, so all of them leave the job together.
+    context.run_on_main(finish)
     return out_dir
 
 
