@@ -1,8 +1,11 @@
 """The FastAPI app: JSON API over the shared model runtimes, the pages, and the files they load.
 
-Endpoints that run a network are plain ``def`` functions, so FastAPI runs them in its thread
-pool; each model's ONNX sessions are created once (at start-up) and shared by every thread, and
-a `JobGate` caps how many inferences run at once. Error statuses: see `latentz.server.errors`.
+Endpoints that run a network are ``async``: they check the request in the event loop, wait for
+an inference slot there (`JobGate`: a capped number of jobs at once, shared fairly between
+clients; waiting holds no thread), then run the work in the thread pool. Each model's ONNX
+sessions are created once (at start-up) and shared by every thread. Light endpoints (health,
+model list, files) are plain ``def`` functions in the same thread pool, which queued heavy
+requests therefore never fill. Error statuses: see `latentz.server.errors`.
 """
 
 from __future__ import annotations
@@ -10,32 +13,40 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import logging
+import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 import latentz
 from latentz import codec, imaging, metrics
 from latentz.codec import EntropyModelError
 from latentz.runtime import ModelRuntime, ModelRuntimeError, Prepared
 from latentz.server import assets
-from latentz.server.errors import ApiError, install_handlers
+from latentz.server.errors import ApiError, ErrorBody, install_handlers
 from latentz.server.limits import (
     MULTIPART_OVERHEAD,
-    BodySizeLimit,
+    BodyGuard,
     JobGate,
     Limits,
     SecurityHeaders,
+    check_upload_image,
+    client_key,
     open_upload_image,
     parse_latentz,
+    wait_for_disconnect,
 )
 from latentz.server.registry import ModelRegistry
 
@@ -47,14 +58,31 @@ DEFAULT_QUALITY = 75
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Malformed request, corrupt image or corrupt .latentz file"},
-    404: {"description": "Unknown model (the error lists the installed ones)"},
-    409: {"description": "The file was made by another model, or the model is not exported"},
-    413: {"description": "Upload over the byte limit, or image over the pixel limit"},
-    415: {"description": "Content is not a supported image / not a .latentz file (sniffed)"},
-    429: {"description": "All inference slots stayed busy for the queue timeout"},
+T = TypeVar("T")
+LIMITS_ENVIRONMENT = "LATENTZ_SERVER_LIMITS"
+"""JSON of `Limits` fields, read by `create_app_from_environment` in each uvicorn worker process."""
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "model": ErrorBody}
+
+
+ERRORS: dict[int, dict[str, Any]] = {
+    400: _error("Malformed request, corrupt image or corrupt .latentz file"),
+    404: _error("Unknown model (the error lists the installed ones), or no such file"),
+    408: _error("The request body arrived too slowly (idle or total body timeout)"),
+    409: _error("The file was made by another model, or the model is not exported"),
+    413: _error("Upload over the byte limit, or image over the pixel limit"),
+    415: _error("Content is not a supported image / not a .latentz file (sniffed)"),
+    429: _error(
+        "All inference slots stayed busy for the queue timeout, or this client already has its "
+        "maximum of requests waiting (Retry-After: 1)"
+    ),
 }
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = dict(ERRORS)
+"""Every error an endpoint that takes a body and runs a model can answer."""
+QUERY_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (400, 404, 409, 429)}
+"""What a bodiless endpoint that runs a model can answer."""
 
 
 def _b64(data: bytes) -> str:
@@ -68,8 +96,8 @@ def _download_name(filename: str | None, suffix: str) -> str:
     return f"{stem[:80]}{suffix}"
 
 
-def _read_upload(upload: UploadFile, limits: Limits) -> bytes:
-    data = upload.file.read(limits.max_upload_bytes + 1)
+async def _read_upload(upload: UploadFile, limits: Limits) -> bytes:
+    data = await upload.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
         raise ApiError(
             413,
@@ -143,6 +171,56 @@ def _flat(array: np.ndarray) -> list[float]:
     return [float(value) for value in np.asarray(array, dtype=np.float32).ravel()]
 
 
+def _encode_report(
+    model: ModelRuntime,
+    upload: bytes,
+    image_format: str | None,
+    prepared: Prepared,
+    blob: bytes,
+    quality: int,
+    filename: str,
+) -> dict[str, Any]:
+    """The codec page's report: sizes, the model's input, the reconstruction and WebP at the same budget."""
+    header, _ = codec.unpack(blob)
+    reconstruction = model.decompress(blob)
+    webp = _webp_at_budget(prepared.image, len(blob))
+    height, width, channels = prepared.image.shape
+    return {
+        "model": model.name,
+        "quality": quality,
+        "step": header.step,
+        "note": prepared.note,
+        "original": {
+            "bytes": len(upload),
+            "format": image_format,
+            "width": prepared.original_size[0],
+            "height": prepared.original_size[1],
+        },
+        "input": {
+            "width": width,
+            "height": height,
+            "channels": channels,
+            "raw_bytes": int(prepared.image.size),
+            "png_base64": _b64(imaging.png_bytes(prepared.image)),
+        },
+        "latentz": {
+            "bytes": len(blob),
+            "header_bytes": codec.header_bytes(header),
+            "filename": filename,
+            "base64": _b64(blob),
+            "latent_shape": list(header.latent_shape),
+        },
+        "reconstruction": {
+            "png_base64": _b64(imaging.png_bytes(reconstruction)),
+            "psnr": metrics.psnr(prepared.image, reconstruction),
+        },
+        "webp": webp,
+        "ratio": len(upload) / len(blob),
+        "raw_ratio": prepared.image.size / len(blob),
+        "bits_per_pixel": 8 * len(blob) / (height * width),
+    }
+
+
 class InterpolateRequest(BaseModel):
     """Two latents (flattened, C order) and how many images to make from one to the other."""
 
@@ -172,7 +250,7 @@ def create_app(
     """The latentz web app. ``preload`` creates every model's ONNX sessions at start-up."""
     limits = limits or Limits()
     registry = ModelRegistry()
-    gate = JobGate(limits.max_concurrent_jobs, limits.queue_timeout_s)
+    gate = JobGate(limits.max_concurrent_jobs, limits.queue_timeout_s, limits.max_waiting_per_client)
     web_runtime = assets.find_web_runtime(node_modules)
 
     @contextlib.asynccontextmanager
@@ -200,16 +278,55 @@ def create_app(
     app.state.web_runtime = web_runtime
     install_handlers(app)
     app.add_middleware(
-        BodySizeLimit,
+        BodyGuard,
         max_body_bytes=limits.max_upload_bytes + MULTIPART_OVERHEAD,
         max_upload_bytes=limits.max_upload_bytes,
+        idle_timeout_s=limits.body_idle_timeout_s,
+        total_timeout_s=limits.body_timeout_s,
     )
     app.add_middleware(SecurityHeaders)  # added last = outermost: the 413s above get the headers too
 
+    def openapi_schema() -> dict[str, Any]:
+        """FastAPI's schema, minus the 422 it documents for every validated input: this app answers 400."""
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", {"description": ERRORS[400]["description"]})
+                        responses["400"]["content"] = {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                        }
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_schema  # type: ignore[method-assign]
+
+    async def run_job(request: Request, work: Callable[[], T]) -> T:
+        """Wait for an inference slot in the event loop (no thread held), then run ``work`` in a thread.
+
+        A request whose client disconnects while waiting leaves the line without doing the work.
+        """
+        async with gate.slot(client_key(request), partial(wait_for_disconnect, request.receive)):
+            with _model_errors():
+                return await run_in_threadpool(work)
+
+    async def runtime_of(name: str) -> ModelRuntime:
+        """The named model (404/409); in a thread, since an unknown name rescans the bundle folders."""
+        return await run_in_threadpool(registry.runtime, name)
+
     # -- models ---------------------------------------------------------------------------
     @app.get("/api/health", tags=["models"])
-    def health() -> dict[str, Any]:
-        """Whether the server is up, which models it has, and whether the pages can run."""
+    async def health() -> dict[str, Any]:
+        """Whether the server is up, which models it has, and whether the pages can run.
+
+        ``async``: it answers from the event loop even when every thread is busy.
+        """
         return {
             "status": "ok",
             "version": latentz.__version__,
@@ -223,7 +340,12 @@ def create_app(
                 "max_samples": limits.max_samples,
                 "max_interpolation_steps": limits.max_interpolation_steps,
                 "max_concurrent_jobs": gate.slots,
+                "max_waiting_per_client": gate.max_waiting_per_client,
+                "queue_timeout_s": gate.timeout_s,
+                "body_idle_timeout_s": limits.body_idle_timeout_s,
+                "body_timeout_s": limits.body_timeout_s,
             },
+            "jobs": {"running": gate.running, "waiting": gate.waiting, **gate.counts},
         }
 
     @app.get("/api/models", tags=["models"])
@@ -232,7 +354,7 @@ def create_app(
         registry.refresh()
         return {"models": [registry.summary(registry.info(name)) for name in registry.names()]}
 
-    @app.get("/api/models/{name}", tags=["models"], responses={404: ERROR_RESPONSES[404]})
+    @app.get("/api/models/{name}", tags=["models"], responses={404: ERRORS[404]})
     def model_card(name: str) -> dict[str, Any]:
         """One model's summary plus its full config and card (latent_stats drive the explorer's sliders)."""
         return registry.detail(registry.info(name))
@@ -240,19 +362,31 @@ def create_app(
     @app.get(
         "/api/models/{name}/files/{filename}",
         tags=["models"],
-        responses={404: ERROR_RESPONSES[404], 409: ERROR_RESPONSES[409]},
+        responses={
+            200: {"content": {"application/octet-stream": {}, "application/json": {}}},
+            304: {"description": "Not modified (If-None-Match matched the ETag)"},
+            404: ERRORS[404],
+            409: ERRORS[409],
+        },
     )
     def model_file(name: str, filename: str, request: Request) -> Response:
         """encoder.onnx, decoder.onnx or entropy_model.json of a bundle, for the browser."""
         return assets.serve_file(request, registry.file_path(name, filename))
 
     # -- images -> latents and files ------------------------------------------------------
+    async def read_image_upload(upload: UploadFile) -> bytes:
+        """The upload's bytes, sniffed and size-checked from the header before it may queue."""
+        data = await _read_upload(upload, limits)
+        check_upload_image(data, limits.max_pixels)
+        return data
+
     @app.post(
         "/api/models/{name}/encode",
         tags=["codec"],
         responses={200: {"content": {LATENTZ_MEDIA_TYPE: {}, "application/json": {}}}, **ERROR_RESPONSES},
     )
-    def encode(
+    async def encode(
+        request: Request,
         name: str,
         file: UploadFile = File(..., description="an image (JPEG, PNG, WebP, ...; judged by content)"),
         quality: int = Form(DEFAULT_QUALITY, ge=0, le=100, description="0..100, higher is better"),
@@ -260,146 +394,133 @@ def create_app(
     ) -> Response:
         """Compress an image to a .latentz file. ``format=json`` adds the reconstruction, PSNR and
         a WebP of the same image at the same byte budget, with the file as base64."""
-        model = registry.runtime(name)
-        data = _read_upload(file, limits)
-        with gate.slot(), _model_errors():
+        model = await runtime_of(name)
+        data = await read_image_upload(file)
+
+        def work() -> Response:
             image = open_upload_image(data, limits.max_pixels)
             prepared = _prepare(model, image, limits)
             blob = model.compress(prepared.image, quality=quality)
+            download = _download_name(file.filename, ".latentz")
             if format == "latentz":
-                download = _download_name(file.filename, ".latentz")
                 return Response(
                     blob,
                     media_type=LATENTZ_MEDIA_TYPE,
                     headers={"Content-Disposition": f'attachment; filename="{download}"'},
                 )
-            header, _ = codec.unpack(blob)
-            reconstruction = model.decompress(blob)
-            webp = _webp_at_budget(prepared.image, len(blob))
-        height, width, channels = prepared.image.shape
-        return JSONResponse(
-            {
-                "model": model.name,
-                "quality": quality,
-                "step": header.step,
-                "note": prepared.note,
-                "original": {
-                    "bytes": len(data),
-                    "format": image.format,
-                    "width": prepared.original_size[0],
-                    "height": prepared.original_size[1],
-                },
-                "input": {
-                    "width": width,
-                    "height": height,
-                    "channels": channels,
-                    "raw_bytes": int(prepared.image.size),
-                    "png_base64": _b64(imaging.png_bytes(prepared.image)),
-                },
-                "latentz": {
-                    "bytes": len(blob),
-                    "header_bytes": codec.header_bytes(header),
-                    "filename": _download_name(file.filename, ".latentz"),
-                    "base64": _b64(blob),
-                    "latent_shape": list(header.latent_shape),
-                },
-                "reconstruction": {
-                    "png_base64": _b64(imaging.png_bytes(reconstruction)),
-                    "psnr": metrics.psnr(prepared.image, reconstruction),
-                },
-                "webp": webp,
-                "ratio": len(data) / len(blob),
-                "raw_ratio": prepared.image.size / len(blob),
-                "bits_per_pixel": 8 * len(blob) / (height * width),
-            }
-        )
+            report = _encode_report(model, data, image.format, prepared, blob, quality, download)
+            return JSONResponse(report)
+
+        return await run_job(request, work)
 
     @app.post("/api/models/{name}/latent", tags=["latents"], responses=ERROR_RESPONSES)
-    def latent(name: str, file: UploadFile = File(..., description="an image")) -> dict[str, Any]:
+    async def latent(
+        request: Request, name: str, file: UploadFile = File(..., description="an image")
+    ) -> dict[str, Any]:
         """The posterior mean and log-variance of an image (no quantisation), and the model's input."""
-        model = registry.runtime(name)
-        data = _read_upload(file, limits)
-        with gate.slot(), _model_errors():
+        model = await runtime_of(name)
+        data = await read_image_upload(file)
+
+        def work() -> dict[str, Any]:
             prepared = _prepare(model, open_upload_image(data, limits.max_pixels), limits)
             mean, logvar = model.encode(prepared.image)
-        return {
-            "model": model.name,
-            "shape": list(mean.shape[1:]),
-            "mean": _flat(mean[0]),
-            "logvar": _flat(logvar[0]),
-            "note": prepared.note,
-            "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
-        }
+            return {
+                "model": model.name,
+                "shape": list(mean.shape[1:]),
+                "mean": _flat(mean[0]),
+                "logvar": _flat(logvar[0]),
+                "note": prepared.note,
+                "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
+            }
+
+        return await run_job(request, work)
 
     @app.post(
         "/api/models/{name}/reconstruct",
         tags=["latents"],
         responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERROR_RESPONSES},
     )
-    def reconstruct(
+    async def reconstruct(
+        request: Request,
         name: str,
         file: UploadFile = File(..., description="an image"),
         format: Literal["png", "json"] = Query("png"),
     ) -> Response:
         """Encode then decode the posterior mean (no quantisation): PNG, or JSON with PSNR."""
-        model = registry.runtime(name)
-        data = _read_upload(file, limits)
-        with gate.slot(), _model_errors():
+        model = await runtime_of(name)
+        data = await read_image_upload(file)
+
+        def work() -> Response:
             prepared = _prepare(model, open_upload_image(data, limits.max_pixels), limits)
             output = model.reconstruct(prepared.image)[0]
-        png = imaging.png_bytes(output)
-        if format == "png":
-            return Response(png, media_type="image/png")
-        return JSONResponse(
-            {
-                "model": model.name,
-                "note": prepared.note,
-                "psnr": metrics.psnr(prepared.image, output),
-                "png_base64": _b64(png),
-                "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
-            }
-        )
+            png = imaging.png_bytes(output)
+            if format == "png":
+                return Response(png, media_type="image/png")
+            return JSONResponse(
+                {
+                    "model": model.name,
+                    "note": prepared.note,
+                    "psnr": metrics.psnr(prepared.image, output),
+                    "png_base64": _b64(png),
+                    "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
+                }
+            )
+
+        return await run_job(request, work)
 
     # -- .latentz files -> images ---------------------------------------------------------
-    def _file_and_model(upload: UploadFile, name: str | None) -> tuple[bytes, codec.Header, ModelRuntime]:
-        data = _read_upload(upload, limits)
-        header = parse_latentz(data)
-        model = registry.runtime(name) if name else registry.for_header(header)
+    async def file_and_model(
+        upload: UploadFile, name: str | None
+    ) -> tuple[bytes, codec.Header, ModelRuntime]:
+        """The upload, its checked header and the model to run it with, before it may queue."""
+        data = await _read_upload(upload, limits)
+
+        def check() -> tuple[codec.Header, ModelRuntime]:
+            header = parse_latentz(data)  # CRC over the whole file: a thread, not the event loop
+            return header, registry.runtime(name) if name else registry.for_header(header)
+
+        header, model = await run_in_threadpool(check)
         return data, header, model
 
-    def _decode_png(upload: UploadFile, name: str | None) -> Response:
-        data, header, model = _file_and_model(upload, name)
-        with gate.slot(), _model_errors():
-            image = model.decompress(data)
-        return Response(
-            imaging.png_bytes(image),
-            media_type="image/png",
-            headers={"X-Latentz-Model": model.name, "X-Latentz-Size": f"{header.width}x{header.height}"},
-        )
+    async def decode_png(request: Request, upload: UploadFile, name: str | None) -> Response:
+        data, header, model = await file_and_model(upload, name)
+
+        def work() -> Response:
+            return Response(
+                imaging.png_bytes(model.decompress(data)),
+                media_type="image/png",
+                headers={"X-Latentz-Model": model.name, "X-Latentz-Size": f"{header.width}x{header.height}"},
+            )
+
+        return await run_job(request, work)
 
     @app.post(
         "/api/decode",
         tags=["codec"],
         responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES},
     )
-    def decode_any(
+    async def decode_any(
+        request: Request,
         file: UploadFile = File(..., description="a .latentz file"),
         model: str | None = Query(None, description="decode with this model instead of the file's own"),
     ) -> Response:
         """Decode a .latentz file to PNG with the installed model whose fingerprint it carries."""
-        return _decode_png(file, model)
+        return await decode_png(request, file, model)
 
     @app.post(
         "/api/models/{name}/decode",
         tags=["codec"],
         responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES},
     )
-    def decode_with(name: str, file: UploadFile = File(..., description="a .latentz file")) -> Response:
+    async def decode_with(
+        request: Request, name: str, file: UploadFile = File(..., description="a .latentz file")
+    ) -> Response:
         """Decode a .latentz file with this model; 409 if the file was made by another one."""
-        return _decode_png(file, name)
+        return await decode_png(request, file, name)
 
     @app.post("/api/read", tags=["codec"], responses=ERROR_RESPONSES)
-    def read_file(
+    async def read_file(
+        request: Request,
         file: UploadFile = File(..., description="a .latentz file"),
         model: str | None = Query(None, description="check against this model instead of the file's own"),
     ) -> dict[str, Any]:
@@ -407,71 +528,88 @@ def create_app(
 
         The receiver page runs the model's decoder.onnx on this latent in the browser.
         """
-        data, header, runtime_model = _file_and_model(file, model)
-        with gate.slot(), _model_errors():
+        data, _, runtime_model = await file_and_model(file, model)
+
+        def work() -> dict[str, Any]:
             header, latent_values = runtime_model.read(data)
-        return {
-            "model": runtime_model.name,
-            "fingerprint": header.fingerprint_hex,
-            "entropy_model_id": header.entropy_id,
-            "bytes": len(data),
-            "header_bytes": codec.header_bytes(header),
-            "height": header.height,
-            "width": header.width,
-            "channels": header.channels,
-            "latent_shape": list(header.latent_shape),
-            "step": header.step,
-            "step_units": header.step / codec.FINE_PER_UNIT,
-            "latent": _flat(latent_values),
-            "decoder": f"/api/models/{runtime_model.name}/files/decoder.onnx",
-        }
+            return {
+                "model": runtime_model.name,
+                "fingerprint": header.fingerprint_hex,
+                "entropy_model_id": header.entropy_id,
+                "bytes": len(data),
+                "header_bytes": codec.header_bytes(header),
+                "height": header.height,
+                "width": header.width,
+                "channels": header.channels,
+                "latent_shape": list(header.latent_shape),
+                "step": header.step,
+                "step_units": header.step / codec.FINE_PER_UNIT,
+                "latent": _flat(latent_values),
+                "decoder": f"/api/models/{runtime_model.name}/files/decoder.onnx",
+            }
+
+        return await run_job(request, work)
 
     # -- the prior and the latent space ---------------------------------------------------
-    def _images_response(model: ModelRuntime, latents: np.ndarray, format: str, **extra: Any) -> Response:
-        with gate.slot(), _model_errors():
+    async def images_response(
+        request: Request,
+        model: ModelRuntime,
+        make_latents: Callable[[], np.ndarray],
+        format: str,
+        **extra: Any,
+    ) -> Response:
+        def work() -> Response:
+            latents = make_latents()
             images = model.decode(latents)
-        if format == "png":
-            columns = min(len(images), 8)
-            return Response(imaging.png_bytes(imaging.grid(images, columns)), media_type="image/png")
-        return JSONResponse(
-            {
-                "model": model.name,
-                **extra,
-                "latent_shape": list(latents.shape[1:]),
-                "latents": [_flat(item) for item in latents],
-                "images": [_b64(imaging.png_bytes(image)) for image in images],
-            }
-        )
+            if format == "png":
+                columns = min(len(images), 8)
+                return Response(imaging.png_bytes(imaging.grid(images, columns)), media_type="image/png")
+            return JSONResponse(
+                {
+                    "model": model.name,
+                    **extra,
+                    "latent_shape": list(latents.shape[1:]),
+                    "latents": [_flat(item) for item in latents],
+                    "images": [_b64(imaging.png_bytes(image)) for image in images],
+                }
+            )
+
+        return await run_job(request, work)
 
     @app.get(
         "/api/models/{name}/sample",
         tags=["latents"],
-        responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERROR_RESPONSES},
+        responses={200: {"content": {"image/png": {}, "application/json": {}}}, **QUERY_ERRORS},
     )
-    def sample(
+    async def sample(
+        request: Request,
         name: str,
         count: int = Query(8, ge=1, le=limits.max_samples),
         seed: int = Query(0, ge=0, le=2**63 - 1),
         format: Literal["json", "png"] = Query("json", description="latents + PNGs, or one PNG grid"),
     ) -> Response:
         """Decode ``count`` latents drawn from the prior N(0, I); the same seed gives the same images."""
-        model = registry.runtime(name)
+        model = await runtime_of(name)
         shape = model.config.latent_shape()
-        latents = np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)
-        return _images_response(model, latents, format, seed=seed, count=count)
+
+        def draw() -> np.ndarray:
+            return np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)
+
+        return await images_response(request, model, draw, format, seed=seed, count=count)
 
     @app.post(
         "/api/models/{name}/interpolate",
         tags=["latents"],
         responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERROR_RESPONSES},
     )
-    def interpolate(
+    async def interpolate(
+        request: Request,
         name: str,
         body: InterpolateRequest,
         format: Literal["json", "png"] = Query("json", description="latents + PNGs, or one PNG strip"),
     ) -> Response:
         """Decode ``steps`` latents from ``start`` to ``end`` (flattened latents of this model)."""
-        model = registry.runtime(name)
+        model = await runtime_of(name)
         shape = model.config.latent_shape()
         size = int(np.prod(shape))
         for label, values in (("start", body.start), ("end", body.end)):
@@ -483,8 +621,11 @@ def create_app(
             raise ApiError(400, f"steps is {body.steps}; at most {limits.max_interpolation_steps} allowed")
         start = np.asarray(body.start, dtype=np.float32).reshape(shape)
         end = np.asarray(body.end, dtype=np.float32).reshape(shape)
-        latents = interpolate_latents(start, end, body.steps, body.method)
-        return _images_response(model, latents, format, steps=body.steps, method=body.method)
+
+        def line() -> np.ndarray:
+            return interpolate_latents(start, end, body.steps, body.method)
+
+        return await images_response(request, model, line, format, steps=body.steps, method=body.method)
 
     # -- pages ----------------------------------------------------------------------------
     def _page(request: Request, page: str) -> Response:
@@ -519,3 +660,13 @@ def create_app(
         return assets.serve_file(request, assets.vendor_file(web_runtime, name))
 
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app for each of ``latentz serve --workers N``'s worker processes, with the command's limits.
+
+    uvicorn imports a factory by name in every worker, so the limits travel as JSON in
+    ``$LATENTZ_SERVER_LIMITS`` (set by `latentz serve`).
+    """
+    settings = json.loads(os.environ.get(LIMITS_ENVIRONMENT) or "{}")
+    return create_app(Limits(**settings))

@@ -7,7 +7,9 @@ an HTML error page or a bare traceback. The statuses are part of the API contrac
 400    bad_request            malformed request: a bad field, a corrupt image, a corrupt .latentz
 404    unknown_model          no installed model has that name
 404    not_found              no such page, file or route
-405    method_not_allowed     e.g. GET on an upload endpoint
+405    method_not_allowed     e.g. GET on an upload endpoint (the Allow header lists the methods)
+408    timeout                the request body arrived too slowly (a pause over the idle timeout,
+                              or the whole body over its deadline)
 409    model_mismatch         the .latentz file was made by another model (fingerprint, entropy
                               model or latent shape differ), or by no model installed here
 409    model_not_exported     the bundle has no ONNX files / entropy model yet (`latentz export`)
@@ -15,7 +17,8 @@ an HTML error page or a bare traceback. The statuses are part of the API contrac
                               (checked from the header, before decoding: decompression bombs)
 415    unsupported_media      content sniffed as neither a supported image nor a .latentz file,
                               or a .latentz format version this server cannot read
-429    busy                   every inference slot stayed busy for the queue timeout
+429    busy                   every inference slot stayed busy for the queue timeout, or this client
+                              already has its maximum of requests waiting (Retry-After: 1)
 500    internal_error         a bug in latentz; the message says what failed
 =====  =====================  ==============================================================
 """
@@ -27,7 +30,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("latentz.server")
@@ -36,11 +40,30 @@ STATUS_CODES: dict[int, str] = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     409: "conflict",
     413: "too_large",
     415: "unsupported_media",
     429: "busy",
 }
+
+
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a request whose client went away first; only ever seen in the access log."""
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited for a slot: skip the work."""
+
+
+class ErrorBody(BaseModel):
+    """Every error response: what went wrong (for people), a code (for programs), and the status."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    code: str
+    status: int
 
 
 class ApiError(Exception):
@@ -93,7 +116,13 @@ def install_handlers(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
         else:
             message = str(error.detail)
-        return error_response(error.status_code, message)
+        response = error_response(error.status_code, message)
+        response.headers.update(error.headers or {})  # e.g. Allow on a 405 (RFC 9110 requires it)
+        return response
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(_: Request, __: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -6,21 +6,23 @@ called ``photo.latentz`` is still a PNG and is refused by the decoder with 415.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
-import threading
+import time
 import warnings
-from collections import deque
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from PIL import Image
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from latentz import codec, imaging
 from latentz.codec.format import MAGIC as LATENTZ_MAGIC
-from latentz.server.errors import ApiError
+from latentz.server.errors import ApiError, ClientGone
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for multipart boundaries and small form fields on top of the file itself."""
@@ -50,36 +52,72 @@ class Limits:
     max_interpolation_steps: int = 32
     max_concurrent_jobs: int = 4
     queue_timeout_s: float = 30.0
+    max_waiting_per_client: int = 64
+    """Requests one client (IP address) may have waiting for a slot; more are refused with 429 at once."""
+    body_idle_timeout_s: float = 30.0
+    """Longest pause allowed between two pieces of a request body (slow-body / slowloris clients)."""
+    body_timeout_s: float = 300.0
+    """Longest a whole request body may take to arrive (16 MiB at 56 KB/s)."""
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyRefused(Exception):
+    """Raised inside the app's receive() to stop reading a body; the guard answers for it."""
+
+    def __init__(self, status: int, body: dict[str, object]) -> None:
+        super().__init__(body["error"])
+        self.status = status
+        self.body = body
 
 
-class BodySizeLimit:
-    """Refuse request bodies over the limit with 413 before they are parsed or spooled to disk.
+class BodyGuard:
+    """Refuse request bodies that are too big (413) or arrive too slowly (408), before they are parsed.
 
     A declared Content-Length over the limit is refused at once; a chunked body is counted as it
-    arrives and refused as soon as it crosses the limit.
+    arrives and refused as soon as it crosses the limit. While a body is still arriving, each piece
+    must come within ``idle_timeout_s`` and the whole body within ``total_timeout_s``: a client that
+    trickles bytes cannot hold a connection (and its memory) open for long. Once the body is
+    complete, receive() is passed through untimed (the app then only listens for a disconnect).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        max_upload_bytes: int,
+        idle_timeout_s: float = 30.0,
+        total_timeout_s: float = 300.0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.total_timeout_s = total_timeout_s
 
-    def _message(self, size: str) -> str:
-        return (
+    def _too_large(self, size: str) -> _BodyRefused:
+        message = (
             f"upload too large: the request body is {size} bytes, the limit is "
             f"{self.max_upload_bytes:,} bytes per file"
         )
+        body = {"error": message, "code": "too_large", "status": 413, "limit": self.max_upload_bytes}
+        return _BodyRefused(413, body)
 
-    async def _refuse(self, send: Send, size: str) -> None:
-        body = json.dumps(
-            {"error": self._message(size), "code": "too_large", "status": 413, "limit": self.max_upload_bytes}
-        ).encode()
+    def _too_slow(self, received: int, idle: bool) -> _BodyRefused:
+        if idle:
+            what = f"{received:,} bytes arrived, then nothing for {self.idle_timeout_s:g} s"
+        else:
+            what = (
+                f"only {received:,} bytes arrived in {self.total_timeout_s:g} s, the limit for a whole body"
+            )
+        message = f"request body too slow: {what}; send the body without pauses"
+        return _BodyRefused(408, {"error": message, "code": "timeout", "status": 408})
+
+    @staticmethod
+    async def _refuse(send: Send, refusal: _BodyRefused) -> None:
+        body = json.dumps(refusal.body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        if refusal.status == 408:
+            headers.append((b"connection", b"close"))  # a stalled body: do not wait for the rest of it
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,38 +126,50 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(send, f"{int(declared):,}")
+            await self._refuse(send, self._too_large(f"{int(declared):,}"))
             return
         received = 0
-        overflowed = False
+        body_complete = False
+        refusal: _BodyRefused | None = None
         started = False
+        deadline = time.monotonic() + self.total_timeout_s
 
-        async def counting_receive() -> Message:
-            nonlocal received, overflowed
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, body_complete, refusal
+            if body_complete:
+                return await receive()
+            wait_s = min(self.idle_timeout_s, max(0.0, deadline - time.monotonic()))
+            try:
+                message = await asyncio.wait_for(receive(), timeout=wait_s)
+            except TimeoutError:
+                refusal = self._too_slow(received, idle=wait_s == self.idle_timeout_s)
+                raise refusal from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    overflowed = True
-                    raise _BodyTooLarge
+                    refusal = self._too_large(f"more than {self.max_body_bytes:,}")
+                    raise refusal
+                body_complete = not message.get("more_body", False)
+            else:
+                body_complete = True  # a disconnect: nothing more will come
             return message
 
         async def guarded_send(message: Message) -> None:
-            # The body parser turns our exception into its own 400; answer the 413 it really is.
+            # The body parser turns our exception into its own 400; answer what it really is.
             nonlocal started
-            if overflowed:
+            if refusal is not None:
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await self._refuse(send, f"more than {self.max_body_bytes:,}")
+                    await self._refuse(send, refusal)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, guarded_send)
-        except _BodyTooLarge:
+            await self.app(scope, guarded_receive, guarded_send)
+        except _BodyRefused as error:
             if not started:
-                await self._refuse(send, f"more than {self.max_body_bytes:,}")
+                await self._refuse(send, error)
 
 
 class SecurityHeaders:
@@ -173,8 +223,12 @@ def sniff_image(data: bytes) -> str:
     )
 
 
-def open_upload_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Sniff, check the pixel count from the header, then decode: 415, 413 or 400 on failure."""
+def check_upload_image(data: bytes, max_pixels: int) -> str:
+    """Sniff the format and read the size from the header (cheap: no pixels are decoded).
+
+    415, 413 or 400 on failure; the format name otherwise. Run before a request waits for an
+    inference slot, so wrong or oversized uploads never queue.
+    """
     sniffed = sniff_image(data)
     try:
         with warnings.catch_warnings():
@@ -195,6 +249,12 @@ def open_upload_image(data: bytes, max_pixels: int) -> Image.Image:
             height=height,
             limit=max_pixels,
         )
+    return sniffed
+
+
+def open_upload_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Check the upload (`check_upload_image`), then decode it: 415, 413 or 400 on failure."""
+    sniffed = check_upload_image(data, max_pixels)
     try:
         return imaging.open_image(data, max_pixels=max_pixels)
     except imaging.ImageError as error:
@@ -226,52 +286,125 @@ def _looks_like_image(data: bytes) -> bool:
     return True
 
 
+def client_key(request: Request) -> str:
+    """Who a request is from, for fair shares: its IP address (the proxy's X-Forwarded-For when trusted).
+
+    uvicorn replaces the peer address by the forwarded one only for proxies listed in
+    ``--forwarded-allow-ips`` (127.0.0.1 by default), so a client cannot pose as another.
+    """
+    return request.client.host if request.client else "unknown"
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the client has gone (call only once the request body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class JobGate:
-    """At most N inference jobs at once; the rest wait in line (first come, first served) and give
-    up with 429 after a timeout.
+    """At most N inference jobs at once, shared fairly between clients; the rest wait, then give up with 429.
 
     ONNX sessions run with one thread each, so more simultaneous jobs than cores only adds memory
-    and context switches. The line is strictly FIFO (a freed slot is handed to the longest waiter,
-    never grabbed by a newcomer), which keeps the tail latency of a burst close to its median.
+    and context switches. Waiting happens in the event loop, not in a thread: a flood of queued
+    requests cannot use up the thread pool that light requests (health, model files) run in. A
+    freed slot goes to the next client in turn (round robin over clients, first come first served
+    within one), so a client with a backlog of 60 requests delays another client's single request
+    by at most one job per slot, not by its whole backlog. A client may have at most
+    ``max_waiting_per_client`` requests waiting; a request whose client disconnects while waiting
+    leaves the line without doing the work. Use from one event loop only (each worker has its own).
     """
 
-    def __init__(self, slots: int, timeout_s: float) -> None:
+    def __init__(self, slots: int, timeout_s: float, max_waiting_per_client: int = 64) -> None:
         self.slots = max(1, slots)
         self.timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._free = self.slots
-        self._waiting: deque[threading.Event] = deque()
+        self.max_waiting_per_client = max(1, max_waiting_per_client)
+        self.running = 0
+        self.counts: Counter[str] = Counter()
+        """served, timed_out, refused (over a client's waiting cap), abandoned (client went away)."""
+        self._lines: dict[str, deque[asyncio.Future[None]]] = {}
+        """Each waiting client's requests in arrival order; the dict's order is the turn order."""
 
-    def _acquire(self) -> bool:
-        with self._lock:
-            if self._free and not self._waiting:
-                self._free -= 1
-                return True
-            ticket = threading.Event()
-            self._waiting.append(ticket)
-        if ticket.wait(self.timeout_s):
-            return True
-        with self._lock:
-            if ticket.is_set():  # the slot arrived just as the wait timed out
-                return True
-            self._waiting.remove(ticket)
-            return False
+    @property
+    def waiting(self) -> int:
+        return sum(len(line) for line in self._lines.values())
 
-    def _release(self) -> None:
-        with self._lock:
-            if self._waiting:
-                self._waiting.popleft().set()  # hand the slot over directly
-            else:
-                self._free += 1
+    def waiting_for(self, client: str) -> int:
+        return len(self._lines.get(client, ()))
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        if not self._acquire():
-            raise ApiError(
-                429,
-                f"server busy: all {self.slots} inference slots stayed taken for {self.timeout_s:g} s; retry",
+    def _busy(self, message: str) -> ApiError:
+        return ApiError(429, message, "busy")
+
+    async def acquire(self, client: str, disconnected: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Take a slot, waiting in ``client``'s line; 429 after the timeout, `ClientGone` if it leaves."""
+        if self.running < self.slots and not self._lines:
+            self.running += 1
+            self.counts["served"] += 1
+            return
+        line = self._lines.get(client)
+        if line is not None and len(line) >= self.max_waiting_per_client:
+            self.counts["refused"] += 1
+            raise self._busy(
+                f"server busy: {len(line)} of your requests are already waiting for an inference slot "
+                f"(at most {self.max_waiting_per_client} per client); retry when some have finished"
             )
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lines.setdefault(client, deque()).append(ticket)
+        watcher = asyncio.ensure_future(disconnected()) if disconnected else None
+        try:
+            waits = {ticket} if watcher is None else {ticket, watcher}
+            await asyncio.wait(waits, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._give_up(client, ticket)
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if ticket.done():  # the slot was handed over (running already counts it)
+            self.counts["served"] += 1
+            return
+        self._leave(client, ticket)
+        if watcher is not None and watcher.done() and not watcher.cancelled():
+            self.counts["abandoned"] += 1
+            raise ClientGone
+        self.counts["timed_out"] += 1
+        raise self._busy(
+            f"server busy: all {self.slots} inference slots stayed taken for {self.timeout_s:g} s; retry"
+        )
+
+    def _leave(self, client: str, ticket: asyncio.Future[None]) -> None:
+        line = self._lines.get(client)
+        if line is not None and ticket in line:
+            line.remove(ticket)
+            if not line:
+                del self._lines[client]
+
+    def _give_up(self, client: str, ticket: asyncio.Future[None]) -> None:
+        """A cancelled waiter: pass on a slot it was already handed, else just leave the line."""
+        if ticket.done() and not ticket.cancelled():
+            self.release()
+        else:
+            ticket.cancel()
+            self._leave(client, ticket)
+
+    def release(self) -> None:
+        """Hand the slot to the oldest request of the next client in turn, or free it."""
+        while self._lines:
+            client, line = next(iter(self._lines.items()))
+            ticket = line.popleft()
+            del self._lines[client]
+            if line:
+                self._lines[client] = line  # to the back of the turn order
+            if not ticket.done():
+                ticket.set_result(None)
+                return
+        self.running -= 1
+
+    @contextlib.asynccontextmanager
+    async def slot(
+        self, client: str, disconnected: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[None]:
+        await self.acquire(client, disconnected)
         try:
             yield
         finally:
-            self._release()
+            self.release()
