@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 import typer
+
+
+def default_jobs(workers: int) -> int:
+    """Inference jobs per worker when not given: the machine's cores shared out (at least 2 in all)."""
+    return max(1, max(2, os.cpu_count() or 2) // max(1, workers))
 
 
 def register(app: typer.Typer) -> None:
@@ -12,19 +19,42 @@ def register(app: typer.Typer) -> None:
     def serve_command(
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
         port: int = typer.Option(8000, "--port", help="TCP port."),
+        workers: int = typer.Option(
+            1, "--workers", min=1, help="Server processes (each loads the models and has its own --jobs)."
+        ),
         max_upload_mb: float = typer.Option(16.0, "--max-upload-mb", help="Largest upload accepted, in MiB."),
         max_pixels: int = typer.Option(
             24_000_000, "--max-pixels", help="Largest image (width x height) decoded; bigger is refused."
         ),
         jobs: int = typer.Option(
-            0, "--jobs", help="Inference jobs run at once (0 = one per CPU core, at least 2)."
+            0,
+            "--jobs",
+            help="Inference jobs run at once per worker (0 = the CPU cores shared out between workers).",
+        ),
+        queue_timeout: float = typer.Option(
+            30.0, "--queue-timeout", help="Seconds a request may wait for an inference slot before a 429."
+        ),
+        max_waiting_per_client: int = typer.Option(
+            64, "--max-waiting-per-client", min=1, help="Requests one client IP may have waiting (more: 429)."
+        ),
+        body_timeout: float = typer.Option(
+            300.0, "--body-timeout", help="Seconds a whole request body may take to arrive (408 after)."
+        ),
+        timeout_keep_alive: int = typer.Option(
+            5, "--timeout-keep-alive", help="Seconds an idle keep-alive connection is held open."
+        ),
+        forwarded_allow_ips: str = typer.Option(
+            "127.0.0.1",
+            "--forwarded-allow-ips",
+            help="Proxies whose X-Forwarded-For is trusted as the client address (comma-separated, or *).",
         ),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     ) -> None:
         """Serve the installed models at http://HOST:PORT (pages, JSON API, OpenAPI docs at /docs)."""
         import uvicorn
 
-        from latentz.server import Limits, create_app
+        from latentz.server import Limits
+        from latentz.server.app import LIMITS_ENVIRONMENT
         from latentz.server.assets import find_web_runtime
 
         web_runtime = find_web_runtime()
@@ -34,7 +64,26 @@ def register(app: typer.Typer) -> None:
         limits = Limits(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels,
-            max_concurrent_jobs=jobs if jobs > 0 else max(2, os.cpu_count() or 2),
+            max_concurrent_jobs=jobs if jobs > 0 else default_jobs(workers),
+            queue_timeout_s=queue_timeout,
+            max_waiting_per_client=max_waiting_per_client,
+            body_timeout_s=body_timeout,
         )
-        typer.echo(f"latentz: serving on http://{host}:{port}  (API docs at http://{host}:{port}/docs)")
-        uvicorn.run(create_app(limits), host=host, port=port, log_level=log_level)
+        # Every worker process builds its own app from these (uvicorn imports the factory by name).
+        os.environ[LIMITS_ENVIRONMENT] = json.dumps(dataclasses.asdict(limits))
+        plural = "s" if workers > 1 else ""
+        typer.echo(
+            f"latentz: serving on http://{host}:{port} with {workers} worker{plural}, "
+            f"{limits.max_concurrent_jobs} inference job(s) each  (API docs at http://{host}:{port}/docs)"
+        )
+        uvicorn.run(
+            "latentz.server.app:create_app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            timeout_keep_alive=timeout_keep_alive,
+            forwarded_allow_ips=forwarded_allow_ips,
+            proxy_headers=True,
+        )

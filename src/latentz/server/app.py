@@ -330,6 +330,7 @@ def create_app(
         return {
             "status": "ok",
             "version": latentz.__version__,
+            "process": os.getpid(),  # which worker answered, with `latentz serve --workers N`
             "models": registry.names(),
             "problems": registry.problems,
             "web_runtime": web_runtime.as_json(),
