@@ -36,13 +36,14 @@ def test_compress_then_decompress_matches_quantised_decoding(
         assert (header.height, header.width, header.channels) == (28, 28, 1)
         assert header.step == codec.step_for_quality(quality)
         np.testing.assert_array_equal(model.decompress(data), model.decode(latent[None])[0])
-    # Finer steps cost more bytes and bring the decode closer to the unquantised reconstruction.
-    coarse, fine = model.compress(digits[1], quality=0), model.compress(digits[1], quality=100)
-    assert len(fine) > len(coarse)
-    reference = model.reconstruct(digits[1:2])[0]
-    assert metrics.psnr(reference[None], model.decompress(fine)[None]) > metrics.psnr(
-        reference[None], model.decompress(coarse)[None]
-    )
+    # Finer steps cost more payload and bring the decode closer to the unquantised reconstruction.
+    reference = model.reconstruct(digits[:10])
+    payload, fidelity = {}, {}
+    for quality in (0, 100):
+        files = [model.compress(digit, quality=quality) for digit in digits[:10]]
+        payload[quality] = sum(len(codec.unpack(data)[1]) for data in files)
+        fidelity[quality] = metrics.psnr(reference, np.stack([model.decompress(data) for data in files]))
+    assert payload[100] > payload[0] and fidelity[100] > fidelity[0]
 
 
 def test_explicit_steps_and_quality_exclude_each_other(codec_bundles, digits) -> None:
@@ -227,10 +228,12 @@ def test_rd_writes_compressai_json_a_plot_and_bd_rates(codec_bundles, mnist_path
     latentz = json.loads((out / "latentz.json").read_text())
     assert latentz["name"] == "latentz" and latentz["results"]["quality"] == [0, 50, 100]
     assert {"bytes", "bpp", "psnr", "ssim"} <= set(latentz["results"])
-    sizes = latentz["results"]["bytes"]
-    assert sizes[0] < sizes[-1] and min(sizes) >= codec.header_bytes(
-        codec.Header(b"\0" * 4, 0, 28, 28, 1, (6,), 1)
-    )
+    # The rate is the mean size of the real files: write them the CLI way and compare.
+    model = runtime.load(codec_bundles[0])
+    images = load_dataset(f"idx:{mnist_path}", split="val", limit=30).images
+    files = [model.compress(image, quality=50) for image in images]
+    assert latentz["results"]["bytes"][1] == pytest.approx(np.mean([len(f) for f in files]))
+    assert latentz["results"]["psnr"][2] >= latentz["results"]["psnr"][0]
     assert (out / "rd.png").stat().st_size > 10_000
     assert set(summary["bd_rate_vs"]) == {"webp", "jpeg"}
 
