@@ -43,8 +43,10 @@ lint: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+# Every benchmark in bench/ (bench/run_all.py --list); BENCH_ARGS=--quick for small versions,
+# e.g. make bench BENCH_ARGS="--only load,serving". nginx (for `serving`) is optional: apt-get install nginx.
 bench: install-test
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

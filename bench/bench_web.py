@@ -43,17 +43,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+sys.path.insert(0, str(REPO / "tests"))
+from chromium import launch  # noqa: E402  (tests/chromium.py: the one home of the launch flags)
 
 
 def free_port() -> int:
@@ -265,7 +256,7 @@ def bench_browser(model: str, moves: int, threads: list[int]) -> dict[str, Any]:
     command = [sys.executable, "-m", "latentz", "serve", "--log-level", "warning", "--port", str(port)]
     results: dict[str, Any] = {"moves": moves}
     with server_process(command, port, "latentz") as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch(playwright)
         try:
             results["chromium"] = browser.version
             for count in threads:
@@ -362,6 +353,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="onnxruntime-web thread counts to try")
     parser.add_argument("--skip-browser", action="store_true")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for web.json and web.md")
     args = parser.parse_args()
 
     model = pick_model(args.model)
@@ -402,10 +394,10 @@ def main() -> None:
             for op in ("encode", "decode")
         }
     report["machine"]["load_end"] = os.getloadavg()[0]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "web.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "web.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
-    (RESULTS / "web.md").write_text(table)
+    (args.results / "web.md").write_text(table)
     print()
     print(table)
 
