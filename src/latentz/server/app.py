@@ -37,6 +37,7 @@ from latentz.runtime import ModelRuntime, ModelRuntimeError, Prepared
 from latentz.server import assets
 from latentz.server.errors import ApiError, ErrorBody, install_handlers
 from latentz.server.limits import (
+    MAX_JSON_BYTES,
     MULTIPART_OVERHEAD,
     BodyGuard,
     JobGate,
@@ -336,6 +337,7 @@ def create_app(
             "web_runtime": web_runtime.as_json(),
             "limits": {
                 "max_upload_bytes": limits.max_upload_bytes,
+                "max_json_bytes": MAX_JSON_BYTES,
                 "max_pixels": limits.max_pixels,
                 "max_spatial_side": limits.max_spatial_side,
                 "max_samples": limits.max_samples,
