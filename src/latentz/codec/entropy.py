@@ -42,6 +42,7 @@ FINE_PER_UNIT = 4
 TOTAL = 1 << 24
 """Each channel's counts sum to about this much (plus the floor of 1 per bin)."""
 
+# fmt: off
 QUALITY_STEPS: tuple[int, ...] = (
     256, 242, 229, 217, 205, 194, 184, 174, 164, 155, 147, 139, 132, 124, 118, 111, 105, 100, 94,
     89, 84, 80, 76, 72, 68, 64, 61, 57, 54, 51, 49, 46, 43, 41, 39, 37, 35, 33, 31, 29, 28, 26, 25,
@@ -51,6 +52,7 @@ QUALITY_STEPS: tuple[int, ...] = (
 """Step (fine units) for quality 0..100: ``round(256 ** (1 - q / 100))``, from 64 posterior stds
 (the smallest files a confident model can make) down to a quarter (the unquantised decode), written
 out so that no machine's ``pow`` can change which step a quality means."""
+# fmt: on
 
 
 class EntropyModelError(ValueError):
