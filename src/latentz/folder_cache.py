@@ -65,7 +65,7 @@ def cache_key(directory: Path, files: Sequence[Path], size: int, channels: int) 
     for path in files:
         stat = path.stat()
         digest.update(
-            f"\n{path.relative_to(directory).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+            f"\n{path.resolve().relative_to(directory).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
         )
     return digest.hexdigest()[:32]
 
