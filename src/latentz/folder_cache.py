@@ -154,7 +154,7 @@ class FolderCache:
         for path in chosen:
             if limit is not None and len(selected) >= limit:
                 break
-            name = path.relative_to(self.directory).as_posix()
+            name = path.resolve().relative_to(self.directory).as_posix()
             row = self.rows.get(name)
             if row is None:
                 skipped += 1
@@ -212,7 +212,7 @@ def build_cache(
     rows_path, index_path = _paths(root, key)
     row_bytes = size * size * channels
     _prepare_root(root, key, needed=len(files) * row_bytes)
-    names = [path.relative_to(directory).as_posix() for path in files]
+    names = [path.resolve().relative_to(directory).as_posix() for path in files]
     rows: list[int] = []
     errors: dict[str, str] = {}
     bar = _BuildProgress(progress, len(files), directory, rows_path)
