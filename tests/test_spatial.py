@@ -70,10 +70,10 @@ def test_any_image_size_encodes_and_decodes(height: int, width: int) -> None:
 def test_the_decoder_can_reach_true_black_and_white() -> None:
     """No tanh/sigmoid squashing: a large enough output reaches 0 and 1 exactly after the clamp."""
     model = tiny_spatial(64).eval()
-    last = model.decoder.upsample[-1]
+    last = model.decoder.upsample[-2]  # the convolution before the final pixel shuffle
     with torch.no_grad():
         last.weight.zero_()
-        last.bias.copy_(torch.tensor([-0.5, 1.5, 0.5]))
+        last.bias.copy_(torch.tensor([-0.5, 1.5, 0.5]).repeat_interleave(4))
         image = model.decode_mean(torch.zeros(1, 5, 4, 4))
     assert torch.equal(image[0, 0], torch.zeros(64, 64)) and torch.equal(image[0, 1], torch.ones(64, 64))
 

@@ -108,12 +108,13 @@ class MlpDecoder(nn.Module):
 
 
 class SpatialEncoder(nn.Module):
-    """Analysis transform in the Ballé style: stride-2 5x5 convolutions, one per width.
+    """Analysis transform: one stride-2 3x3 convolution (LeakyReLU) per width, Ballé-style but small.
 
     No dense layer, so any image size works and the latent keeps the image's layout: one
     ``latent_dim``-channel vector per ``2 ** len(widths)`` pixel square. A 3x3 head gives the mean
-    and log-variance of every latent element. LeakyReLU rather than GDN: on a CPU budget of a few
-    thousand steps it trained faster and further (docs/photo-models.md).
+    and log-variance of every latent element. 3x3 kernels and LeakyReLU (rather than 5x5 and GDN)
+    because on a CPU budget of a few thousand steps they learned faster and further
+    (docs/photo-models.md).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -121,7 +122,7 @@ class SpatialEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_channels = config.channels
         for width in config.widths:
-            layers += [nn.Conv2d(in_channels, width, 5, stride=2, padding=2), nn.LeakyReLU(LEAKY_SLOPE)]
+            layers += [nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.LeakyReLU(LEAKY_SLOPE)]
             in_channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(in_channels, 2 * config.latent_dim, 3, padding=1)
@@ -134,8 +135,9 @@ class SpatialEncoder(nn.Module):
 
 
 class SpatialDecoder(nn.Module):
-    """Synthesis transform: a 3x3 convolution from the latent, then one stride-2 5x5 transposed
-    convolution per width, the last straight to pixels (cheap: no full-resolution hidden layer).
+    """Synthesis transform: a 3x3 convolution from the latent, then per width a 3x3 convolution to
+    four times the channels and a pixel shuffle (sub-pixel upsampling: no transposed-convolution
+    checkerboards, and it trained faster), the last straight to pixels.
 
     Each stage exactly doubles the size, so an ``h x w`` latent gives a ``2^k h x 2^k w`` image;
     the VAE crops that back when the input was not a whole number of latent cells.
@@ -151,7 +153,7 @@ class SpatialDecoder(nn.Module):
         for index, width in enumerate(widths):
             last = index == len(widths) - 1
             out_width = config.channels if last else widths[index + 1]
-            layers.append(nn.ConvTranspose2d(width, out_width, 5, stride=2, padding=2, output_padding=1))
+            layers += [nn.Conv2d(width, 4 * out_width, 3, padding=1), nn.PixelShuffle(2)]
             if not last:
                 layers.append(nn.LeakyReLU(LEAKY_SLOPE))
         self.upsample = nn.Sequential(*layers)
