@@ -155,3 +155,20 @@ def test_runtime_codes_a_non_square_photo_at_its_own_size(spatial_bundle: Path) 
     decoded = model.decompress(data)
     assert decoded.shape == (37, 70, 3) and decoded.dtype == np.uint8
     assert model.reconstruct(prepared.image).shape == (1, 37, 70, 3)
+
+
+@pytest.mark.parametrize(("extra", "side"), [([], 32), (["--image-size", "48"], 48)])
+def test_rd_measures_a_spatial_model_at_its_training_size_unless_told(
+    spatial_bundle: Path, photo_dir: Path, tmp_path: Path, extra: list[str], side: int
+) -> None:
+    """A photo folder has no size of its own: rd uses the model's training size, or --image-size."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from latentz.cli import app
+
+    args = ["rd", str(spatial_bundle), "--data", f"folder:{photo_dir}", "--split", "all", "--limit", "3"]
+    result = CliRunner().invoke(app, [*args, "--qualities", "50", "-o", str(tmp_path), "--json", *extra])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["image"] == f"{side}x{side}x3"

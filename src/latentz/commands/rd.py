@@ -31,6 +31,13 @@ def register(app: typer.Typer) -> None:
         ),
         split: str = typer.Option("val", "--split", help="train, val, test or all (default: held-out val)."),
         limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
+        image_size: int = typer.Option(
+            None,
+            "--image-size",
+            min=8,
+            help="Square side the images are cropped and resized to (default: the model's training "
+            "size; a spatial model can be measured at any size).",
+        ),
         out: Path = typer.Option(
             None, "--out", "-o", help="Folder for the JSON files and rd.png (default: rd-MODEL)."
         ),
@@ -58,7 +65,7 @@ def register(app: typer.Typer) -> None:
             images = load_dataset(
                 spec,
                 split=split,
-                image_size=None if config.fully_convolutional and data else config.image_size,
+                image_size=image_size or config.image_size,
                 channels=config.channels,
                 val_fraction=training_val_fraction(runtime.info.path),
                 limit=limit,
