@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from latentz import bundle
 from latentz.cli import app
 
-SHIPPED = ("mnist-z10", "mnist-z32", "fashion-z10")
+SHIPPED = ("mnist-z10", "mnist-z32", "fashion-z10", "red-cars-64", "red-cars-128")
 ORIGINAL_DEMO_NATS = 126.0  # the course demo's conv VAE on MNIST (10-d latent, KL weighted 1/128)
 
 
