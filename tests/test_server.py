@@ -238,6 +238,20 @@ def test_encode_json_reports_sizes_psnr_and_a_webp_at_the_same_budget(
         assert report["webp"]["quality"] == 0 and "even WebP quality 0" in report["webp"]["note"]
 
 
+def test_a_flat_image_coded_exactly_reports_psnr_as_null(client: httpx.Client, web_model: str) -> None:
+    """WebP codes a flat image exactly: infinite PSNR, which JSON cannot carry, is null (this used
+    to be a 500 from the JSON encoder)."""
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), 0).save(buffer, format="PNG")
+    response = client.post(
+        f"/api/models/{web_model}/encode?format=json", files={"file": ("flat.png", buffer.getvalue())}
+    )
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["webp"]["psnr"] is None
+    assert report["reconstruction"]["psnr"] is None or report["reconstruction"]["psnr"] > 0
+
+
 def test_quality_changes_the_step_and_never_grows_the_file_when_lowered(
     client: httpx.Client, web_model: str, digit_png: bytes
 ) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -123,6 +124,13 @@ def _model_errors() -> Iterator[None]:
         raise ApiError(400, str(error).replace("<bytes>: ", "")) from None
 
 
+def _report_psnr(original: np.ndarray, decoded: np.ndarray) -> float | None:
+    """PSNR for a JSON report: null when the images are identical (infinite PSNR, which JSON cannot
+    carry; a flat grey photo decodes exactly)."""
+    value = metrics.psnr(original, decoded)
+    return value if math.isfinite(value) else None
+
+
 def _prepare(model: ModelRuntime, image: Image.Image, limits: Limits) -> Prepared:
     """The model's view of an upload; a fully convolutional model gets huge photos scaled down first."""
     if model.config.fully_convolutional and max(image.size) > limits.max_spatial_side:
@@ -158,7 +166,7 @@ def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
         "bytes": len(data),
         "quality": quality,
         "fits_budget": fits,
-        "psnr": metrics.psnr(image, decoded),
+        "psnr": _report_psnr(image, decoded),
         "webp_base64": _b64(data),
         "note": (
             f"WebP quality {quality}, the best that fits in {budget} bytes"
@@ -213,7 +221,7 @@ def _encode_report(
         },
         "reconstruction": {
             "png_base64": _b64(imaging.png_bytes(reconstruction)),
-            "psnr": metrics.psnr(prepared.image, reconstruction),
+            "psnr": _report_psnr(prepared.image, reconstruction),
         },
         "webp": webp,
         "ratio": len(upload) / len(blob),
@@ -463,7 +471,7 @@ def create_app(
                 {
                     "model": model.name,
                     "note": prepared.note,
-                    "psnr": metrics.psnr(prepared.image, output),
+                    "psnr": _report_psnr(prepared.image, output),
                     "png_base64": _b64(png),
                     "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
                 }

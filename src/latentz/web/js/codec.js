@@ -40,6 +40,11 @@ async function compress() {
   }
 }
 
+/** PSNR in dB; the server sends null when the decoded image is identical (infinite PSNR). */
+function dB(psnr) {
+  return psnr === null ? "∞ dB (identical)" : `${psnr.toFixed(2)} dB`;
+}
+
 function show(report) {
   window.latentzCodec = report; // for the tests
   $("#result").hidden = false;
@@ -48,17 +53,17 @@ function show(report) {
   $("#input-view").src = pngUrl(report.input.png_base64);
   $("#input-size").textContent = `${report.input.width}×${report.input.height}, ${report.input.raw_bytes} raw bytes`;
   $("#reconstruction").src = pngUrl(report.reconstruction.png_base64);
-  $("#latentz-bytes-caption").textContent = `${report.latentz.bytes} bytes, PSNR ${report.reconstruction.psnr.toFixed(2)} dB`;
+  $("#latentz-bytes-caption").textContent = `${report.latentz.bytes} bytes, PSNR ${dB(report.reconstruction.psnr)}`;
   $("#webp").src = pngUrl(report.webp.webp_base64, "image/webp");
-  $("#webp-caption").textContent = `${report.webp.bytes} bytes, PSNR ${report.webp.psnr.toFixed(2)} dB`;
+  $("#webp-caption").textContent = `${report.webp.bytes} bytes, PSNR ${dB(report.webp.psnr)}`;
   $("#stat-original").textContent = `${report.original.bytes.toLocaleString()} bytes (${report.original.format})`;
   $("#stat-latentz").textContent =
     `${report.latentz.bytes} bytes (${report.latentz.header_bytes} of header and checksum), ` +
     `${report.bits_per_pixel.toFixed(3)} bits per pixel, latent ${report.latentz.latent_shape.join("×")}`;
   $("#stat-ratio").textContent =
     `${report.ratio.toFixed(1)}× smaller than the upload, ${report.raw_ratio.toFixed(1)}× smaller than the model's raw input`;
-  $("#stat-psnr").textContent = `${report.reconstruction.psnr.toFixed(2)} dB (against the model's input)`;
-  $("#stat-webp").textContent = `${report.webp.bytes} bytes, PSNR ${report.webp.psnr.toFixed(2)} dB — ${report.webp.note}`;
+  $("#stat-psnr").textContent = `${dB(report.reconstruction.psnr)} (against the model's input)`;
+  $("#stat-webp").textContent = `${report.webp.bytes} bytes, PSNR ${dB(report.webp.psnr)} — ${report.webp.note}`;
   $("#note").textContent = `${report.model}, quality ${report.quality}: ${report.note}.`;
   if (downloadUrl) URL.revokeObjectURL(downloadUrl);
   downloadUrl = URL.createObjectURL(new Blob([base64ToBytes(report.latentz.base64)], { type: "application/x-latentz" }));
