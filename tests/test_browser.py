@@ -475,6 +475,38 @@ def test_receiver_explains_corrupt_foreign_and_non_latentz_files(
         page.evaluate("document.body.dataset.state = 'idle'")
 
 
+def test_codec_page_codes_a_held_out_car_at_its_own_size(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The photo codec end to end: a real car the model never saw, at its own size, quality 50."""
+    from latentz.bundle import training_val_fraction
+    from latentz.data import load_dataset
+
+    red_cars = REPO.parent / "shared" / "data" / "red-cars"
+    if not red_cars.is_dir():
+        pytest.skip(f"red-car photos not found at {red_cars}")
+    model = runtime.load("red-cars-128")
+    held_out = load_dataset(
+        f"folder:{red_cars}", split="val", image_size=128, val_fraction=training_val_fraction(model.info.path)
+    )
+    photo = held_out.files[3]
+    expected = model.prepare(photo)
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.select_option("#model", "red-cars-128")
+    page.fill("#quality", "50")
+    page.dispatch_event("#quality", "input")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    report = page.evaluate("window.latentzCodec")
+    blob = base64.b64decode(report["latentz"]["base64"])
+    assert blob == model.compress(expected.image, quality=50)
+    assert "encoded at its own size" in report["note"]
+    shown = data_url_image(page, "#reconstruction")
+    assert shown.shape[:2] == expected.image.shape[:2] != (128, 128)
+    np.testing.assert_array_equal(shown[:, :, :3], model.decompress(blob))
+    assert f"{report['reconstruction']['psnr']:.2f} dB" in page.inner_text("#stat-psnr")
+    screenshot(page, "codec-car.png")
+
+
 def test_receiver_decodes_a_photo_from_a_spatial_model(page, spatial_web_model: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model = runtime.load(spatial_web_model)
     rng = np.random.default_rng(4)
