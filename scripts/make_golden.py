@@ -20,7 +20,11 @@ from latentz import imaging, runtime
 from latentz.codec import entropy
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
-CASES = {"mnist-z10": ("digit.png", 75), "mnist-z32": ("digit.png", 30)}
+CASES = {
+    "mnist-z10": ("digit.png", 75),
+    "mnist-z32": ("digit.png", 30),
+    "red-cars-64": ("test-card.png", 50),  # a spatial latent at a size that is not whole cells
+}
 
 
 def main() -> None:

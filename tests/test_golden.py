@@ -27,7 +27,7 @@ def installed(name: str) -> runtime.ModelRuntime:
 
 
 def test_golden_cases_exist() -> None:
-    assert {json.loads(p.read_text())["model"] for p in CASES} >= {"mnist-z10", "mnist-z32"}
+    assert {json.loads(p.read_text())["model"] for p in CASES} >= {"mnist-z10", "mnist-z32", "red-cars-64"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
