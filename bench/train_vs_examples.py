@@ -5,7 +5,9 @@
 1. latentz trains its digit recipe (`latentz train` defaults for grey digits: conv VAE, z = 10,
    Bernoulli pixels, batch 128, cosine schedule) for ``--epochs`` epochs on the training split.
 2. The examples VAE (bench/examples_vae.py: MLP 784-400-20, BCE + KL summed, Adam 1e-3, batch 128)
-   trains on the same images for the same wall-clock time, whole epochs, as its script would.
+   trains on the same images for the same wall-clock time, whole epochs, as its script would. Its
+   held-out ELBO is also taken after every epoch (outside the budget), and the epoch that scored
+   best is reported too: a generous row for the baseline, since choosing it looks at the test set.
 3. Both are evaluated by the same code (`latentz.evaluation.evaluate`: one-sample negative ELBO,
    IWAE bound with K = 100, PSNR of the mean reconstruction) on the same held-out digits.
 
@@ -16,6 +18,7 @@ from a shared 2-core machine: compare the two rows of one run, not runs with eac
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -70,14 +73,39 @@ class ExamplesAsVAE(nn.Module):
     kl_divergence = staticmethod(VAE.kl_divergence)
 
 
-def train_examples(images: np.ndarray, budget_s: float, seed: int) -> tuple[ExamplesVAE, dict]:
-    """The examples' loop: shuffled batches of 128, summed loss, Adam 1e-3, until the budget is spent."""
+@torch.no_grad()
+def held_out_neg_elbo(net: ExamplesVAE, held_out: Tensor) -> float:
+    """One-sample negative ELBO per image with fixed noise: cheap enough to take after every epoch.
+
+    The noise is drawn inside a forked RNG so that watching leaves the training run's own random
+    stream (batch order, reparameterisation noise) exactly as it would be without it.
+    """
+    net.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        recon, mu, logvar = net(held_out)
+    loss, _, _ = loss_function(recon, held_out, mu, logvar)
+    return float(loss) / len(held_out)
+
+
+def train_examples(
+    images: np.ndarray, held_out: np.ndarray, budget_s: float, seed: int
+) -> tuple[ExamplesVAE, ExamplesVAE, dict]:
+    """The examples' loop: shuffled batches of 128, summed loss, Adam 1e-3, until the budget is spent.
+
+    Also returns the network as it was at the epoch with the best held-out ELBO (measured outside
+    the timed budget). Choosing that epoch looks at the held-out digits, so it flatters the baseline:
+    it bounds what early stopping could have given it.
+    """
     torch.manual_seed(seed)
     net = ExamplesVAE()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     data = torch.from_numpy(images).float().div_(255).view(-1, 784)
-    started, epochs, seen = time.perf_counter(), 0, 0
-    while time.perf_counter() - started < budget_s:
+    watch = torch.from_numpy(held_out).float().div_(255).view(-1, 784)
+    elapsed, epochs, seen = 0.0, 0, 0
+    best_score, best_epoch, best_state = float("inf"), 0, copy.deepcopy(net.state_dict())
+    while elapsed < budget_s:
+        started = time.perf_counter()
         net.train()
         for batch in torch.randperm(len(data)).split(128):
             x = data[batch]
@@ -87,9 +115,15 @@ def train_examples(images: np.ndarray, budget_s: float, seed: int) -> tuple[Exam
             loss.backward()
             optimizer.step()
             seen += len(x)
+        elapsed += time.perf_counter() - started
         epochs += 1
-    elapsed = time.perf_counter() - started
-    return net.eval(), {"epochs": epochs, "train_s": elapsed, "images_per_s": seen / elapsed}
+        score = held_out_neg_elbo(net, watch)
+        if score < best_score:
+            best_score, best_epoch, best_state = score, epochs, copy.deepcopy(net.state_dict())
+    best = ExamplesVAE()
+    best.load_state_dict(best_state)
+    run = {"epochs": epochs, "train_s": elapsed, "images_per_s": seen / elapsed, "best_epoch": best_epoch}
+    return net.eval(), best.eval(), run
 
 
 def main() -> None:
@@ -120,8 +154,13 @@ def main() -> None:
         f"{time.perf_counter() - started:.0f} s with validation and bundle writing"
     )
 
-    examples, examples_run = train_examples(train_images, budget_s=ours_train_s, seed=0)
-    print(f"examples: {examples_run['epochs']} epochs in {examples_run['train_s']:.0f} s")
+    examples, examples_best, examples_run = train_examples(
+        train_images, held_out[:, :, :, 0], budget_s=ours_train_s, seed=0
+    )
+    print(
+        f"examples: {examples_run['epochs']} epochs in {examples_run['train_s']:.0f} s "
+        f"(best held-out epoch {examples_run['best_epoch']})"
+    )
 
     rows = {}
     for name, model, run in (
@@ -131,6 +170,11 @@ def main() -> None:
             {"epochs": card["epochs"], "train_s": ours_train_s, "images_per_s": card["images_per_s"]},
         ),
         ("PyTorch examples MLP z=20", ExamplesAsVAE(examples), examples_run),
+        (
+            "PyTorch examples MLP z=20, best held-out epoch",
+            ExamplesAsVAE(examples_best),
+            {**examples_run, "epochs": examples_run["best_epoch"]},
+        ),
     ):
         metrics = evaluate(model, held_out, iwae_samples=IWAE_SAMPLES, seed=0)  # type: ignore[arg-type]
         rows[name] = {
@@ -162,11 +206,12 @@ def main() -> None:
             f"| {name} | {row['epochs']} | {row['images_per_s']:.0f} | {row['neg_elbo_nats']:.2f} | "
             f"{row['iwae_nats']:.2f} | {row['psnr_db']:.2f} |"
         )
-    ours, theirs = rows.values()
+    ours, theirs, theirs_best = rows.values()
     print(
         f"\nlatentz -ELBO is {theirs['neg_elbo_nats'] - ours['neg_elbo_nats']:.1f} nats lower than the "
         f"examples' and {ORIGINAL_DEMO_NATS - ours['neg_elbo_nats']:.1f} lower than the original demo's "
-        f"~{ORIGINAL_DEMO_NATS:.0f}"
+        f"~{ORIGINAL_DEMO_NATS:.0f}; {theirs_best['neg_elbo_nats'] - ours['neg_elbo_nats']:.1f} lower "
+        f"than the examples' at their best held-out epoch"
     )
 
 
