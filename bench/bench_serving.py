@@ -36,6 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load_test  # bench/load_test.py: the mix, the client and the summaries
+from local_server import free_port, running
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -69,26 +70,14 @@ def nginx_config(prefix: Path, listen_port: int, upstream_port: int) -> str:
 def nginx_in_front(upstream_url: str) -> Iterator[str]:
     """nginx proxying to ``upstream_url`` on a free port until the block ends; yields its URL."""
     upstream_port = int(upstream_url.rsplit(":", 1)[1])
-    port = load_test.free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="latentz-nginx-") as folder:
         prefix = Path(folder)
         (prefix / "nginx.conf").write_text(nginx_config(prefix, port, upstream_port))
         command = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {process.stderr.read().decode()}")  # type: ignore[union-attr]
-                time.sleep(0.1)
+        with running(command, f"{url}/api/health", name="nginx", start_timeout_s=30):
             yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def check_proxy(url: str) -> dict[str, Any]:

@@ -28,8 +28,6 @@ import io
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -45,39 +43,24 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO / "tests"))
 from chromium import launch  # noqa: E402  (tests/chromium.py: the one home of the launch flags)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from local_server import any_answer, free_port, running  # noqa: E402  (bench/local_server.py)
 
 
 @contextmanager
 def server_process(command: list[str], port: int, name: str) -> Iterator[str]:
     """Run a server command until the block ends; yields its base URL once it answers."""
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{url}/openapi.json", timeout=2)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited: {process.stderr.read().decode()}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not start in 120 s") from None
-                time.sleep(0.2)
+    # Any answer will do: the baseline server has no health route.
+    with running(
+        command,
+        f"{url}/openapi.json",
+        name=name,
+        start_timeout_s=120,
+        stop_timeout_s=20,
+        ready=any_answer,
+        cwd=REPO,
+    ):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def pick_model(requested: str | None) -> str:

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,9 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_server import free_port, running
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -68,12 +70,6 @@ BACK_PRESSURE = 429
 
 
 # -- the server process -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass
 class ServerProcess:
     url: str
@@ -113,29 +109,11 @@ def latentz_serve(*extra: str, start_timeout_s: float = 120.0) -> Iterator[Serve
         "warning",
         *extra,
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = ServerProcess(f"http://127.0.0.1:{port}", process)
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{server.url}/api/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise RuntimeError(f"latentz serve exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"latentz serve did not answer within {start_timeout_s:g} s")
-            time.sleep(0.2)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    url = f"http://127.0.0.1:{port}"
+    with running(
+        command, f"{url}/api/health", name="latentz serve", start_timeout_s=start_timeout_s, cwd=REPO
+    ) as process:
+        yield ServerProcess(url, process)
 
 
 # -- what is sent -------------------------------------------------------------------------------------

@@ -35,6 +35,13 @@ from latentz.server.registry import SERVED_FILES
 
 load_all_checks()
 MAX_EXAMPLES = 25
+FUZZ_SETTINGS = hypothesis.settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,  # the same cases every run: a failure reproduces
+    database=None,
+)
 UPLOAD_SUFFIXES = ("encode", "decode", "read", "latent", "reconstruct")
 CHECKS = [
     checks.status_code_conformance,
@@ -142,13 +149,7 @@ def test_every_operation_answers_as_documented(
     )
 
     @hypothesis.given(case=cases)
-    @hypothesis.settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        suppress_health_check=list(hypothesis.HealthCheck),
-        derandomize=True,
-        database=None,
-    )
+    @FUZZ_SETTINGS
     def fuzz(case: schemathesis.Case) -> None:
         case.call_and_validate(checks=CHECKS)
 
@@ -190,13 +191,7 @@ def test_real_and_damaged_uploads_answer_as_documented(
     @hypothesis.given(
         upload=uploads, name=models, form=st.fixed_dictionaries(form), output=st.sampled_from(formats)
     )
-    @hypothesis.settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        suppress_health_check=list(hypothesis.HealthCheck),
-        derandomize=True,
-        database=None,
-    )
+    @FUZZ_SETTINGS
     def fuzz(upload: bytes, name: str, form: dict[str, Any], output: str | None) -> None:
         case = operation.Case(
             path_parameters={"name": name} if "{name}" in path else {},
