@@ -21,22 +21,6 @@ from latentz import imaging, metrics, runtime
 from latentz.bundle import training_val_fraction
 from latentz.data import load_dataset
 
-WEBP_QUALITIES = range(0, 101)
-
-
-def webp_within(image: np.ndarray, budget: int) -> tuple[bytes, int]:
-    """The highest-quality WebP of ``image`` that fits in ``budget`` bytes (quality 0 if none fits)."""
-    best, best_quality = imaging.encode_with(image, "webp", 0), 0
-    low, high = 1, 100
-    while low <= high:  # WebP size grows with quality, so bisect
-        middle = (low + high) // 2
-        data = imaging.encode_with(image, "webp", middle)
-        if len(data) <= budget:
-            best, best_quality, low = data, middle, middle + 1
-        else:
-            high = middle - 1
-    return best, best_quality
-
 
 def luminance(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -110,7 +94,7 @@ def main() -> None:
     decoded = np.stack([model.decompress(data) for data in files])
     rows = []
     for index in np.linspace(0, len(images) - 1, args.pairs).round().astype(int):
-        webp, webp_quality = webp_within(images[index], len(files[index]))
+        webp_quality, webp, _ = imaging.webp_within(images[index], len(files[index]))
         webp_image = imaging.load_array(webp, None, 3)
         rows.append(
             {
@@ -131,15 +115,17 @@ def main() -> None:
         f"{model.name}, held-out cars at {side}x{side}: latentz quality {args.quality} (middle) vs the "
         f"best WebP no bigger (bottom)",
     )
-    same_budget = [webp_within(image, len(data)) for image, data in zip(images, files, strict=True)]
-    webp_all = np.stack([imaging.load_array(data, None, 3) for data, _ in same_budget])
+    same_budget = [
+        imaging.webp_within(image, len(data))[1] for image, data in zip(images, files, strict=True)
+    ]
+    webp_all = np.stack([imaging.load_array(data, None, 3) for data in same_budget])
     summary = {
         "model": model.name,
         "quality": args.quality,
         "n_images": len(images),
         "latentz_mean_bytes": float(np.mean([len(f) for f in files])),
         "latentz_psnr": metrics.psnr(images, decoded),
-        "webp_same_budget_mean_bytes": float(np.mean([len(d) for d, _ in same_budget])),
+        "webp_same_budget_mean_bytes": float(np.mean([len(d) for d in same_budget])),
         "webp_same_budget_psnr": metrics.psnr(images, webp_all),
         "webp_same_budget_note": "per image, the highest WebP quality whose file is no bigger than latentz's",
         "tones_latentz": tone_report(images, decoded),

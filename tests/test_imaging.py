@@ -226,3 +226,12 @@ def test_grid_places_images_row_by_row() -> None:
     assert canvas.shape == (2 * 4 + 3, 2 * 5 + 3, 1)
     assert canvas[1, 1, 0] == 10 and canvas[1, 7, 0] == 20 and canvas[6, 1, 0] == 30
     assert canvas[6, 7, 0] == 255 and canvas[0, 0, 0] == 255  # empty cell and padding are white
+
+
+def test_webp_within_a_budget_is_the_highest_quality_that_fits() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    budget = len(imaging.encode_with(image, "webp", 40)) + 1
+    quality, data, fits = imaging.webp_within(image, budget)
+    assert fits and len(data) <= budget and data == imaging.encode_with(image, "webp", quality)
+    assert quality >= 40 and len(imaging.encode_with(image, "webp", quality + 1)) > budget
+    assert imaging.webp_within(image, 10) == (0, imaging.encode_with(image, "webp", 0), False)

@@ -186,6 +186,25 @@ def encode_with(image: np.ndarray, fmt: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def webp_within(image: np.ndarray, budget: int) -> tuple[int, bytes, bool]:
+    """The highest-quality WebP of ``image`` no bigger than ``budget`` bytes: ``(quality, data,
+    fits)``. WebP's size grows with quality, so a binary search; when not even quality 0 fits,
+    quality 0 with ``fits`` False (the comparison "at the same byte budget" then favours WebP)."""
+    low, high = 0, 100
+    best: tuple[int, bytes] | None = None
+    while low <= high:
+        quality = (low + high) // 2
+        data = encode_with(image, "webp", quality)
+        if len(data) <= budget:
+            best = (quality, data)
+            low = quality + 1
+        else:
+            high = quality - 1
+    if best is None:
+        return 0, encode_with(image, "webp", 0), False
+    return *best, True
+
+
 def grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
     """Tile uint8 ``(N, H, W, C)`` images into one ``(H', W', C)`` picture, row by row, on white."""
     images = np.asarray(images)

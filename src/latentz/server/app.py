@@ -148,19 +148,8 @@ def _prepare(model: ModelRuntime, image: Image.Image, limits: Limits) -> Prepare
 
 
 def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
-    """The best WebP no bigger than ``budget`` bytes (binary search on quality), or its smallest."""
-    low, high = 0, 100
-    best: tuple[int, bytes] | None = None
-    while low <= high:
-        quality = (low + high) // 2
-        data = imaging.encode_with(image, "webp", quality)
-        if len(data) <= budget:
-            best = (quality, data)
-            low = quality + 1
-        else:
-            high = quality - 1
-    fits = best is not None
-    quality, data = best if best is not None else (0, imaging.encode_with(image, "webp", 0))
+    """The best WebP no bigger than ``budget`` bytes, or its smallest, as the report shows it."""
+    quality, data, fits = imaging.webp_within(image, budget)
     decoded = imaging.to_array(Image.open(io.BytesIO(data)), None, image.shape[2])
     return {
         "bytes": len(data),
