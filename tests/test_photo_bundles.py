@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from latentz import imaging, metrics, rd, runtime
 from latentz.bundle import training_val_fraction
 from latentz.cli import app
-from latentz.data import load_dataset
+from latentz.data import ImageSet, load_dataset
 
 RED_CARS = Path(__file__).resolve().parents[2] / "shared" / "data" / "red-cars"
 
@@ -27,21 +27,22 @@ def red_cars() -> Path:
     return RED_CARS
 
 
-def held_out(model: runtime.ModelRuntime, folder: Path) -> np.ndarray:
+def held_out(model: runtime.ModelRuntime, folder: Path) -> ImageSet:
+    """The bundle's validation split (the photos it never saw) at its training size."""
     images = load_dataset(
         f"folder:{folder}",
         split="val",
         image_size=model.config.image_size,
         channels=3,
         val_fraction=training_val_fraction(model.info.path),
-    ).images
+    )
     assert len(images) == model.info.card["n_val"]
     return images
 
 
 def rd_against_webp(name: str, folder: Path) -> tuple[list[rd.RDPoint], float | None]:
     model = runtime.load(name)
-    images = held_out(model, folder)
+    images = held_out(model, folder).images
     ours = rd.measure_latentz(model, images)
     webp = rd.measure_classic(images, "webp")
     return ours, rd.bd_rate(
@@ -64,7 +65,7 @@ def test_red_cars_128_is_compared_with_webp_over_a_shared_range(red_cars: Path) 
 def test_reconstructions_keep_blacks_whites_and_the_red(red_cars: Path) -> None:
     """At the README's pair quality the tone range and the car's colour survive the codec."""
     model = runtime.load("red-cars-64")
-    images = held_out(model, red_cars)
+    images = held_out(model, red_cars).images
     decoded = np.stack([model.decompress(model.compress(image, quality=50)) for image in images])
     luma = np.array([0.299, 0.587, 0.114])
     lum_o, lum_d = images @ luma, decoded @ luma
@@ -80,10 +81,7 @@ def test_reconstructions_keep_blacks_whites_and_the_red(red_cars: Path) -> None:
 def test_a_full_size_photo_is_coded_at_its_own_size(red_cars: Path, tmp_path: Path) -> None:
     """Beyond 128x128: the fully convolutional model codes a whole photo, aspect ratio and all."""
     model = runtime.load("red-cars-128")
-    held = load_dataset(
-        f"folder:{red_cars}", split="val", image_size=128, val_fraction=training_val_fraction(model.info.path)
-    )
-    photo = held.files[0]
+    photo = held_out(model, red_cars).files[0]
     original = imaging.load_array(photo.read_bytes(), None, 3)
     height, width = original.shape[:2]
     assert height != width
