@@ -506,6 +506,14 @@ def test_codec_page_codes_a_held_out_car_at_its_own_size(page, tmp_path: Path) -
     assert f"{report['reconstruction']['psnr']:.2f} dB" in page.inner_text("#stat-psnr")
     screenshot(page, "codec-car.png")
 
+    # A bad file next: the error, and not the previous car's result beside it.
+    fake = tmp_path / "not-a-car.jpg"
+    fake.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("body[data-state=failed]", timeout=LOAD_TIMEOUT_MS)
+    assert "corrupt JPEG image" in page.inner_text("#error-message")
+    assert page.is_hidden("#result")
+
 
 def test_receiver_decodes_a_photo_from_a_spatial_model(page, spatial_web_model: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model = runtime.load(spatial_web_model)

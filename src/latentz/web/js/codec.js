@@ -36,6 +36,7 @@ async function compress() {
     if (number !== requestNumber) return;
     document.body.dataset.state = "failed";
     $("#note").textContent = "";
+    $("#result").hidden = true; // what is shown belongs to an earlier file or setting
     showError(error.message, { title: error.status === 415 ? "Not an image" : "Could not encode" });
   }
 }
