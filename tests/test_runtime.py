@@ -95,6 +95,15 @@ def test_a_file_from_another_model_is_refused_naming_both(codec_bundles, digits)
     assert first.fingerprint[:8] in message and second.fingerprint[:8] in message and second.name in message
 
 
+def test_a_refused_file_names_the_installed_model_that_made_it() -> None:
+    """Two shipped bundles: the refusal says which installed model to decode with instead."""
+    data = runtime.load("mnist-z10").compress(np.zeros((28, 28, 1), dtype=np.uint8), quality=50)
+    with pytest.raises(
+        codec.ModelMismatchError, match=r"mnist-z32 has fingerprint .*\(that is mnist-z10, installed"
+    ):
+        runtime.load("mnist-z32").decompress(data)
+
+
 def test_decode_rejects_non_finite_latents(codec_bundles) -> None:
     model = runtime.load(codec_bundles[0])
     latent = np.zeros((1, 6), dtype=np.float32)

@@ -220,9 +220,12 @@ class ModelRuntime:
 
     def read(self, data: bytes) -> tuple[codec.Header, np.ndarray]:
         """A .latentz file's header and dequantised latent, after every check against this model."""
-        header, latent = codec.decode_latent(
-            data, entropy=self.entropy, fingerprint=self.fingerprint, model_name=self.name
-        )
+        try:
+            header, latent = codec.decode_latent(
+                data, entropy=self.entropy, fingerprint=self.fingerprint, model_name=self.name
+            )
+        except codec.ModelMismatchError as error:
+            raise codec.ModelMismatchError(f"{error}{_installed_maker(data, self)}") from None
         expected = self.config.latent_shape(header.height, header.width)
         if header.channels != self.config.channels or header.latent_shape != expected:
             raise codec.ModelMismatchError(
@@ -250,6 +253,15 @@ def load(model: str | Path, threads: int = 1) -> ModelRuntime:
         if runtime is None:
             runtime = _RUNTIMES[key] = ModelRuntime(info, threads=threads)
         return runtime
+
+
+def _installed_maker(data: bytes, refused_by: ModelRuntime) -> str:
+    """' (that is NAME, installed here)' when another installed bundle made the file, else '': the
+    user then knows which -m to pass."""
+    from latentz.bundle import find_by_fingerprint
+
+    info = find_by_fingerprint(codec.unpack(data)[0].fingerprint)
+    return f" (that is {info.name}, installed here)" if info and info.path != refused_by.info.path else ""
 
 
 def model_for_file(data: bytes) -> ModelRuntime:
