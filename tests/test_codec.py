@@ -54,6 +54,10 @@ def valid_file(model: codec.EntropyModel, seed: int = 0, step: int = 6) -> bytes
     )
 
 
+def with_checksum(body: bytes) -> bytes:
+    return body + binascii.crc_hqx(body, 0).to_bytes(2, "big")
+
+
 # -- the container --------------------------------------------------------------------------------
 def test_header_round_trips_and_is_small() -> None:
     header = digit_header()
@@ -70,13 +74,21 @@ def test_header_round_trips_and_is_small() -> None:
     [
         (b"", codec.BadMagicError, "empty"),
         (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, codec.BadMagicError, "magic bytes 'LZ'"),
-        (b"LZ\x07" + b"\0" * 20, codec.UnsupportedVersionError, "version 7"),
+        (with_checksum(b"LZ\x07" + b"\0" * 20), codec.UnsupportedVersionError, "version 7"),
         (b"LZ\x01\0\0", codec.TruncatedFileError, "shorter than the smallest header"),
     ],
 )
 def test_each_kind_of_bad_file_has_its_own_message(data: bytes, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         fmt.unpack(data)
+
+
+def test_a_flipped_version_bit_is_damage_not_another_version() -> None:
+    """The checksum is judged first: one flipped bit in the version byte reads 'damaged'."""
+    data = bytearray(fmt.pack(digit_header(), b"\x12\x34\x56"))
+    data[2] ^= 0x02
+    with pytest.raises(codec.ChecksumError, match="damaged"):
+        fmt.unpack(bytes(data))
 
 
 def test_a_flipped_bit_fails_the_checksum() -> None:
@@ -98,10 +110,6 @@ def test_oversized_files_are_refused_before_parsing() -> None:
         fmt.unpack(b"LZ\x01" + bytes(fmt.MAX_FILE_BYTES))
 
 
-def with_checksum(body: bytes) -> bytes:
-    return body + binascii.crc_hqx(body, 0).to_bytes(2, "big")
-
-
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -111,7 +119,7 @@ def with_checksum(body: bytes) -> bytes:
         (b"LZ\x01" + b"\0" * 5 + b"\xff\xff\xff\xff\xff\x1c", "longer than 5 bytes"),
         (b"LZ\x01" + b"\0" * 5 + b"\x00\x1c\x11\x0a\x06", "image size 0x28"),
         (b"LZ\x01" + b"\0" * 5 + b"\x1c\x1c\x14\x0a\x06", "latent rank 4"),
-        (b"LZ\x01" + b"\0" * 5 + b"\xff\xff\x03\xff\xff\x03\x11\x01\x01", "exceeds the 40,000,000-pixel"),
+        (b"LZ\x01" + b"\0" * 5 + b"\xff\xff\x03\xff\xff\x03\x11\x01\x01", "exceeds the 67,108,864-pixel"),
     ],
 )
 def test_checksummed_but_invalid_headers_name_the_field(body: bytes, message: str) -> None:

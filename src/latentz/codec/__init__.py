@@ -47,6 +47,7 @@ __all__ = [
     "UnsupportedVersionError",
     "check_model",
     "decode_latent",
+    "decode_payload",
     "encode_latent",
     "fit",
     "header_bytes",
@@ -99,18 +100,27 @@ def check_model(header: Header, *, fingerprint: str, entropy: EntropyModel, mode
         )
 
 
+def decode_payload(header: Header, payload: bytes, *, entropy: EntropyModel) -> np.ndarray:
+    """An unpacked, checked file's payload -> the dequantised latent as float32.
+
+    Allocates the latent the header declares: check the header (`check_model`, and
+    `latentz.codec.limits`) before calling this.
+    """
+    if header.latent_shape[0] != entropy.channels:
+        raise ModelMismatchError(
+            f"the file's latent has {header.latent_shape[0]} channels, the model has {entropy.channels}"
+        )
+    try:
+        symbols = decode_symbols(entropy, payload, header.latent_shape, header.step)
+    except ValueError as error:
+        raise LatentzFormatError(f"corrupt payload: {error}") from None
+    return entropy.dequantise(symbols, header.step)
+
+
 def decode_latent(
     data: bytes, *, entropy: EntropyModel, fingerprint: str, model_name: str
 ) -> tuple[Header, np.ndarray]:
     """Bytes of a .latentz file -> (its header, the dequantised latent as float32)."""
     header, payload = unpack(data)
     check_model(header, fingerprint=fingerprint, entropy=entropy, model_name=model_name)
-    if header.latent_shape[0] != entropy.channels:
-        raise ModelMismatchError(
-            f"the file's latent has {header.latent_shape[0]} channels, {model_name} has {entropy.channels}"
-        )
-    try:
-        symbols = decode_symbols(entropy, payload, header.latent_shape, header.step)
-    except ValueError as error:
-        raise LatentzFormatError(f"corrupt payload: {error}") from None
-    return header, entropy.dequantise(symbols, header.step)
+    return header, decode_payload(header, payload, entropy=entropy)

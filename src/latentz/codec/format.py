@@ -15,8 +15,10 @@ Layout (version 1; docs/latentz-format.md is the full specification)::
     end-2   2     CRC-16/CCITT (big-endian) of every byte before it
 
 A 28x28 digit with a 10-d latent spends 15 bytes on all of that, and the payload follows.
-Parsing never trusts a length: every field is bounds-checked, the CRC is verified before any
-field is interpreted, and sizes are capped so a hostile file cannot ask for huge allocations.
+Parsing never trusts a length: every field is bounds-checked and the CRC is verified before any
+field after the magic (the version included) is interpreted. The caps here are the format's own
+ceiling; how big an image a given model decodes is `latentz.codec.limits`' decision, made from the
+header before anything is allocated.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass
 
-from latentz.imaging import MAX_PIXELS
-
 MAGIC = b"LZ"
 VERSION = 1
 FINGERPRINT_BYTES = 4
 CHECKSUM_BYTES = 2
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_SIDE = 65_535
+MAX_PIXELS = 1 << 26
+"""The format's ceiling on height * width (67 MP); `latentz.codec.limits` sets the working limit."""
 MAX_LATENT_VALUES = 1 << 24
 MAX_STEP = 4096
 """Largest step in fine units (1,024 posterior stds); anything coarser codes every latent as 0."""
@@ -173,10 +175,6 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             "not a .latentz file: it does not start with the magic bytes 'LZ'"
             + (f" (starts with {data[:4]!r})" if data else " (it is empty)")
         )
-    if len(data) > len(MAGIC) and data[len(MAGIC)] != VERSION:
-        raise UnsupportedVersionError(
-            f"unsupported .latentz format version {data[len(MAGIC)]}; this latentz reads version {VERSION}"
-        )
     if len(data) < _MIN_BYTES:
         raise TruncatedFileError(
             f"truncated .latentz file: {len(data)} bytes, shorter than the smallest header ({_MIN_BYTES})"
@@ -186,7 +184,11 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if stored != computed:
         raise ChecksumError(
             f"checksum mismatch (stored {stored:04x}, computed {computed:04x}): "
-            "the file is corrupt or truncated"
+            "the file is damaged or truncated"
+        )
+    if data[len(MAGIC)] != VERSION:  # judged after the checksum: a flipped bit is damage, not a version
+        raise UnsupportedVersionError(
+            f"unsupported .latentz format version {data[len(MAGIC)]}; this latentz reads version {VERSION}"
         )
     reader = _Reader(body, len(body))
     reader.take(len(MAGIC) + 1, "magic")

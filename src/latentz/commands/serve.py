@@ -26,6 +26,13 @@ def register(app: typer.Typer) -> None:
         max_pixels: int = typer.Option(
             24_000_000, "--max-pixels", help="Largest image (width x height) decoded; bigger is refused."
         ),
+        max_spatial_side: int = typer.Option(
+            1024,
+            "--max-spatial-side",
+            min=8,
+            help="Photo models code at most this many pixels a side: bigger uploads are scaled down, "
+            "bigger .latentz files refused (decode memory is about 220 MB per megapixel).",
+        ),
         jobs: int = typer.Option(
             0,
             "--jobs",
@@ -64,6 +71,7 @@ def register(app: typer.Typer) -> None:
         limits = Limits(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels,
+            max_spatial_side=max_spatial_side,
             max_concurrent_jobs=jobs if jobs > 0 else default_jobs(workers),
             queue_timeout_s=queue_timeout,
             max_waiting_per_client=max_waiting_per_client,

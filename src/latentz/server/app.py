@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 import latentz
 from latentz import codec, imaging, metrics
 from latentz.codec import EntropyModelError
+from latentz.codec.limits import SizeLimits, TooLargeError
 from latentz.runtime import ModelRuntime, ModelRuntimeError, Prepared
 from latentz.server import assets
 from latentz.server.errors import ApiError, ErrorBody, install_handlers
@@ -114,6 +115,8 @@ def _model_errors() -> Iterator[None]:
     """Turn the runtime's and codec's exceptions into API errors with their own messages."""
     try:
         yield
+    except TooLargeError as error:
+        raise ApiError(413, str(error), "too_large", limit=error.limit) from None
     except codec.ModelMismatchError as error:
         raise ApiError(409, str(error), "model_mismatch") from None
     except codec.LatentzFormatError as error:
@@ -133,18 +136,7 @@ def _report_psnr(original: np.ndarray, decoded: np.ndarray) -> float | None:
 
 def _prepare(model: ModelRuntime, image: Image.Image, limits: Limits) -> Prepared:
     """The model's view of an upload; a fully convolutional model gets huge photos scaled down first."""
-    if model.config.fully_convolutional and max(image.size) > limits.max_spatial_side:
-        width, height = image.size
-        scale = limits.max_spatial_side / max(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        prepared = model.prepare(resized)
-        note = (
-            f"scaled {width}x{height} down to {size[0]}x{size[1]} "
-            f"(the server limit is {limits.max_spatial_side} px a side)"
-        )
-        return Prepared(image=prepared.image, original_size=(width, height), note=note)
-    return model.prepare(image)
+    return model.prepare(image, limits.sizes())
 
 
 def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
@@ -177,10 +169,11 @@ def _encode_report(
     blob: bytes,
     quality: int,
     filename: str,
+    sizes: SizeLimits,
 ) -> dict[str, Any]:
     """The codec page's report: sizes, the model's input, the reconstruction and WebP at the same budget."""
     header, _ = codec.unpack(blob)
-    reconstruction = model.decompress(blob)
+    reconstruction = model.decompress(blob, sizes)
     webp = _webp_at_budget(prepared.image, len(blob))
     height, width, channels = prepared.image.shape
     return {
@@ -247,6 +240,7 @@ def create_app(
 ) -> FastAPI:
     """The latentz web app. ``preload`` creates every model's ONNX sessions at start-up."""
     limits = limits or Limits()
+    sizes = limits.sizes()
     registry = ModelRegistry()
     gate = JobGate(limits.max_concurrent_jobs, limits.queue_timeout_s, limits.max_waiting_per_client)
     web_runtime = assets.find_web_runtime(node_modules)
@@ -408,7 +402,7 @@ def create_app(
                     media_type=LATENTZ_MEDIA_TYPE,
                     headers={"Content-Disposition": f'attachment; filename="{download}"'},
                 )
-            report = _encode_report(model, data, image.format, prepared, blob, quality, download)
+            report = _encode_report(model, data, image.format, prepared, blob, quality, download, sizes)
             return JSONResponse(report)
 
         return await run_job(request, work)
@@ -477,7 +471,10 @@ def create_app(
 
         def check() -> tuple[codec.Header, ModelRuntime]:
             header = parse_latentz(data)  # CRC over the whole file: a thread, not the event loop
-            return header, registry.runtime(name) if name else registry.for_header(header)
+            model = registry.runtime(name) if name else registry.for_header(header)
+            with _model_errors():
+                model.check_header(header, sizes)  # declared sizes judged before the file may queue
+            return header, model
 
         header, model = await run_in_threadpool(check)
         return data, header, model
@@ -487,7 +484,7 @@ def create_app(
 
         def work() -> Response:
             return Response(
-                imaging.png_bytes(model.decompress(data)),
+                imaging.png_bytes(model.decompress(data, sizes)),
                 media_type="image/png",
                 headers={"X-Latentz-Model": model.name, "X-Latentz-Size": f"{header.width}x{header.height}"},
             )
@@ -531,7 +528,7 @@ def create_app(
         data, _, runtime_model = await file_and_model(file, model)
 
         def work() -> dict[str, Any]:
-            header, latent_values = runtime_model.read(data)
+            header, latent_values = runtime_model.read(data, sizes)
             return {
                 "model": runtime_model.name,
                 "fingerprint": header.fingerprint_hex,

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from latentz import codec, imaging
+from latentz.codec.limits import SizeLimits
 from latentz.codec.format import MAGIC as LATENTZ_MAGIC
 from latentz.server.errors import ApiError, ClientGone
 
@@ -61,6 +62,17 @@ class Limits:
     """Longest pause allowed between two pieces of a request body (slow-body / slowloris clients)."""
     body_timeout_s: float = 300.0
     """Longest a whole request body may take to arrive (16 MiB at 56 KB/s)."""
+
+    def sizes(self) -> SizeLimits:
+        """The size policy every encode and decode here runs under: what encode scales an upload
+        down to is also the most a .latentz file may declare, so the server decodes whatever it
+        encodes and nothing bigger."""
+        return SizeLimits(
+            max_image_pixels=self.max_pixels,
+            max_coded_pixels=self.max_spatial_side**2,
+            max_coded_side=self.max_spatial_side,
+            raise_with="`latentz serve --max-spatial-side` raises it",
+        )
 
 
 class _BodyRefused(Exception):
