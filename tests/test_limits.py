@@ -71,6 +71,12 @@ def test_coded_size_fits_keeps_the_aspect_and_leaves_small_images_alone(
         assert abs(coded[0] * height - coded[1] * width) <= 2 * max(width, height)
 
 
+def test_the_cli_default_is_the_policys_default() -> None:
+    from latentz.commands.codec import DEFAULT_CODED_PIXELS
+
+    assert DEFAULT_CODED_PIXELS == DEFAULT_LIMITS.max_coded_pixels
+
+
 def test_limits_refuse_nonsense_values() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         SizeLimits(max_coded_pixels=0)

@@ -12,13 +12,22 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from latentz.commands import user_errors
 
+if TYPE_CHECKING:
+    from latentz.codec.limits import SizeLimits
+
 LATENTZ_SUFFIX = ".latentz"
+DEFAULT_CODED_PIXELS = 4_194_304
+"""`SizeLimits.max_coded_pixels`'s default, kept literal so that --help does not import numpy."""
+MAX_CODED_PIXELS_HELP = (
+    "Most pixels a photo model codes at once (default 4,194,304 = 2048x2048, about 0.9 GB to decode): "
+    "bigger images are scaled down, bigger files refused."
+)
 IMAGE_FORMATS = {".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
@@ -37,6 +46,7 @@ class EncodeJob:
     quality: int | None
     step: float | None
     force: bool
+    max_coded_pixels: int = DEFAULT_CODED_PIXELS
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class DecodeJob:
     source: Path
     target: Path
     force: bool
+    max_coded_pixels: int = DEFAULT_CODED_PIXELS
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,12 @@ class Outcome:
     source: Path
     message: str
     ok: bool
+
+
+def _limits(max_coded_pixels: int) -> SizeLimits:
+    from latentz.codec.limits import SizeLimits
+
+    return SizeLimits(max_coded_pixels=max_coded_pixels, raise_with="--max-coded-pixels")
 
 
 def _check_target(target: Path, force: bool) -> None:
@@ -73,10 +90,11 @@ def encode_file(job: EncodeJob) -> Outcome:
     from latentz import runtime as rt
 
     _check_target(job.target, job.force)
+    limits = _limits(job.max_coded_pixels)
     runtime = rt.load(job.model)
-    prepared = runtime.prepare(job.source)
+    prepared = runtime.prepare(job.source, limits)
     data = runtime.compress(prepared.image, quality=job.quality, step=job.step)
-    decoded = runtime.decompress(data)
+    decoded = runtime.decompress(data, limits)
     _write(job.target, data)
     original_bytes = job.source.stat().st_size
     psnr = metrics.psnr(prepared.image[None], decoded[None])
@@ -97,7 +115,7 @@ def decode_file(job: DecodeJob) -> Outcome:
     _check_target(job.target, job.force)
     data = job.source.read_bytes()
     runtime = rt.load(job.model) if job.model else rt.model_for_file(data)
-    image = runtime.decompress(data)
+    image = runtime.decompress(data, _limits(job.max_coded_pixels))
     pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
     fmt = IMAGE_FORMATS.get(job.target.suffix.lower(), "PNG")
     buffer = io.BytesIO()
@@ -195,6 +213,9 @@ def register(app: typer.Typer) -> None:
         ),
         force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
         jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
+        max_coded_pixels: int = typer.Option(
+            DEFAULT_CODED_PIXELS, "--max-coded-pixels", min=64, help=MAX_CODED_PIXELS_HELP
+        ),
     ) -> None:
         """Compress images into .latentz files; prints sizes, ratio and round-trip PSNR."""
         from latentz import runtime as rt
@@ -216,12 +237,13 @@ def register(app: typer.Typer) -> None:
                         quality,
                         step,
                         force,
+                        max_coded_pixels,
                     )
                     for s in sources
                 ]
                 _report(run_folder(guarded_encode, work, jobs or _default_jobs(), "encoding"), "encoded")
                 return
-            outcome = encode_file(EncodeJob(model_path, source, out, quality, step, force))
+            outcome = encode_file(EncodeJob(model_path, source, out, quality, step, force, max_coded_pixels))
         except user_errors() as error:
             _fail(str(error))
         typer.echo(outcome.message)
@@ -236,6 +258,9 @@ def register(app: typer.Typer) -> None:
         ),
         force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
         jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
+        max_coded_pixels: int = typer.Option(
+            DEFAULT_CODED_PIXELS, "--max-coded-pixels", min=64, help=MAX_CODED_PIXELS_HELP
+        ),
     ) -> None:
         """Decode .latentz files into images with the model that made them."""
         try:
@@ -244,14 +269,16 @@ def register(app: typer.Typer) -> None:
                 if not sources:
                     _fail(f"{source}: no {LATENTZ_SUFFIX} files found")
                 work = [
-                    DecodeJob(model, s, out / s.relative_to(source).with_suffix(".png"), force)
+                    DecodeJob(
+                        model, s, out / s.relative_to(source).with_suffix(".png"), force, max_coded_pixels
+                    )
                     for s in sources
                 ]
                 _report(run_folder(guarded_decode, work, jobs or _default_jobs(), "decoding"), "decoded")
                 return
             if not source.is_file():
                 _fail(f"{source}: no such file")
-            outcome = decode_file(DecodeJob(model, source, out, force))
+            outcome = decode_file(DecodeJob(model, source, out, force, max_coded_pixels))
         except user_errors() as error:
             _fail(str(error))
         typer.echo(outcome.message)
