@@ -74,7 +74,7 @@ def test_coded_size_fits_keeps_the_aspect_and_leaves_small_images_alone(
 def test_the_cli_default_is_the_policys_default() -> None:
     from latentz.commands.codec import DEFAULT_CODED_PIXELS
 
-    assert DEFAULT_CODED_PIXELS == DEFAULT_LIMITS.max_coded_pixels
+    assert DEFAULT_LIMITS.max_coded_pixels == DEFAULT_CODED_PIXELS
 
 
 def test_limits_refuse_nonsense_values() -> None:

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from latentz import codec, imaging
-from latentz.codec.limits import SizeLimits
 from latentz.codec.format import MAGIC as LATENTZ_MAGIC
+from latentz.codec.limits import SizeLimits
 from latentz.server.errors import ApiError, ClientGone
 
 MULTIPART_OVERHEAD = 64 * 1024
