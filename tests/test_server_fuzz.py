@@ -23,6 +23,7 @@ from typing import Any
 import hypothesis
 import pytest
 import schemathesis
+from bombs import declared_size_bomb
 from conftest import WEB_TEST_LIMITS, LiveServer, make_digits
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -64,7 +65,19 @@ def real_uploads(web_model: str) -> tuple[list[bytes], list[bytes]]:
     ]
     damaged_pngs = [pngs[0][: len(pngs[0]) // 2], pngs[1][:40]]
     damaged_files = [files[0][:-3], files[1][:12]]
-    return pngs + damaged_pngs, files + damaged_files
+    return pngs + damaged_pngs, files + damaged_files + declared_size_bombs(web_model)
+
+
+def declared_size_bombs(web_model: str) -> list[bytes]:
+    """Tiny valid files that declare huge images: a digit file saying 610x65535, and photo files
+    saying 5792x5792 and 65535x510 (the server must refuse them from the header, not allocate)."""
+    from latentz.bundle import list_bundles
+
+    bombs = [declared_size_bomb(web_model, 610, 65535)]
+    photo_models = [path.name for path in list_bundles() if read_bundle(path).config.fully_convolutional]
+    for name in photo_models[:1]:
+        bombs += [declared_size_bomb(name, 5792, 5792), declared_size_bomb(name, 65535, 510)]
+    return bombs
 
 
 def flip_a_byte(data: bytes) -> st.SearchStrategy[bytes]:
