@@ -37,11 +37,13 @@ run: install
 
 test: install-test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports --no-cache
 
 # Every benchmark in bench/ (bench/run_all.py --list); BENCH_ARGS=--quick for small versions,
 # e.g. make bench BENCH_ARGS="--only load,serving". nginx (for `serving`) is optional: apt-get install nginx.
