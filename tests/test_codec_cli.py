@@ -432,3 +432,17 @@ def test_encode_refuses_to_write_over_its_input_or_into_an_image_name(model: str
     invoked = CliRunner().invoke(app, ["encode", str(source), "-m", model, "-o", str(link), "--force"])
     assert invoked.exit_code == 2 and "is the input itself" in invoked.stderr
     assert source.read_bytes() == original
+
+
+def test_an_existing_folder_as_output_gets_the_inputs_name(model: str, tmp_path: Path) -> None:
+    source = write_digits(tmp_path, ["d.png"])["d.png"]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = cli("encode", str(source), "-m", model, "-o", str(folder))  # it said "out exists"
+    assert result.returncode == 0 and (folder / "d.latentz").is_file(), result.stderr
+    result = cli("decode", str(folder / "d.latentz"), "-o", str(folder))
+    assert result.returncode == 0 and Image.open(folder / "d.png").format == "PNG", result.stderr
+    fifo = tmp_path / "pipe.latentz"
+    os.mkfifo(fifo)  # would block a reader forever
+    invoked = CliRunner().invoke(app, ["decode", str(fifo), "-o", str(tmp_path / "p.png")])
+    assert invoked.exit_code == 2 and "not a regular file" in invoked.stderr
