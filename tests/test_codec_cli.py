@@ -290,6 +290,14 @@ def test_workers_end_when_the_command_is_killed(model: str, tmp_path: Path, how:
         files = listing(out)
         time.sleep(0.5)
         assert listing(out) == files  # nothing keeps writing
+        if how == "Ctrl-C":
+            assert "run the same command with --skip-existing" in command.stderr.read()  # type: ignore[union-attr]
+        if how == "SIGKILL":  # every file under its final name is whole, and the job can be finished
+            resumed = cli("encode", str(tmp_path / "in"), "-m", model, "-o", str(out), "--skip-existing")
+            assert resumed.returncode == 0 and "skipped" in resumed.stdout, resumed.stderr
+            assert len(list(out.glob("*.latentz"))) == count
+            decoded = cli("decode", str(out), "-o", str(tmp_path / "decoded"), "-j", "2")
+            assert decoded.returncode == 0 and summary_count(decoded.stdout, "decoded") == count
     finally:
         if command.poll() is None:
             command.kill()

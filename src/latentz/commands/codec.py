@@ -361,19 +361,27 @@ def run_folder(work: Callable, jobs: list, workers: int, what: str) -> list[Outc
 
     outcomes = []
     console = Console(stderr=True)
-    with Progress(
-        TextColumn(f"[bold]{what}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        console=console,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task(what, total=len(jobs))
-        for outcome in _outcomes(work, jobs, workers):
-            outcomes.append(outcome)
-            bar.advance(task)
+    try:
+        with Progress(
+            TextColumn(f"[bold]{what}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar:
+            task = bar.add_task(what, total=len(jobs))
+            for outcome in _outcomes(work, jobs, workers):
+                outcomes.append(outcome)
+                bar.advance(task)
+    except KeyboardInterrupt:  # Ctrl-C: every written file is whole; say how to finish the job
+        typer.echo(
+            f"interrupted: {what} stopped with at least {len(outcomes)} of {len(jobs)} files done; run the "
+            "same command with --skip-existing to do the rest",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     return outcomes
 
 
