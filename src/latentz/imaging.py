@@ -37,9 +37,9 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Imag
     """Open and fully decode an image from a path or raw bytes, refusing anything suspicious.
 
     The format is sniffed from the content, never from the file name, and must be one of
-    `ACCEPTED_FORMATS`. The pixel count is checked
-    from the header *before* decoding, so a tiny file claiming to be 100k x 100k pixels costs
-    nothing. EXIF orientation is applied so phone photos come out upright.
+    `ACCEPTED_FORMATS`. The pixel count is checked from the header *before* decoding, so a tiny
+    file claiming to be 100k x 100k pixels costs nothing. EXIF orientation is applied so phone
+    photos come out upright.
     """
     name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
     try:
