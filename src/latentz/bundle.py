@@ -138,8 +138,41 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write then rename, so a crash never leaves a half-written file under the final name."""
+class TargetExistsError(FileExistsError):
+    """An exclusive write found its target already there (made by another input, run or process)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} exists")
+        self.path = path
+
+
+def _link_into_place(tmp: str, path: Path) -> None:
+    """Give the finished temporary file its final name only if that name is free, atomically.
+
+    ``os.link`` fails if the target exists, even when another process creates it a moment earlier,
+    so two writers can never both think they wrote it. Where hard links are not supported (FAT,
+    some network file systems), the name is reserved with ``O_EXCL`` and then replaced.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise TargetExistsError(path) from None
+    except OSError:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK))
+        except FileExistsError:
+            raise TargetExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) -> None:
+    """Write then rename, so a crash never leaves a half-written file under the final name.
+
+    With ``overwrite=False`` the file is created exclusively: if ``path`` exists (or appears while
+    writing) nothing is replaced and `TargetExistsError` is raised.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -149,7 +182,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_into_place(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

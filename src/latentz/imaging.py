@@ -22,6 +22,12 @@ MAX_PIXELS = 40_000_000
 
 ENCODABLE_FORMATS = ("jpeg", "webp", "png")
 
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""The only Pillow plugins `open_image` lets parse untrusted bytes (judged by content): the CLI, the data
+loader and the server accept the same images, and ICO, PCX, TGA or EPS (which Pillow hands to Ghostscript)
+are refused whatever the file is called."""
+ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
 
 class ImageError(ValueError):
     """An image could not be used: unreadable, truncated, too large, or the wrong shape."""
@@ -30,9 +36,10 @@ class ImageError(ValueError):
 def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image from a path or raw bytes, refusing anything suspicious.
 
-    The format is sniffed from the content, never from the file name. The pixel count is checked
-    from the header *before* decoding, so a tiny file claiming to be 100k x 100k pixels costs
-    nothing. EXIF orientation is applied so phone photos come out upright.
+    The format is sniffed from the content, never from the file name, and must be one of
+    `ACCEPTED_FORMATS`. The pixel count is checked from the header *before* decoding, so a tiny
+    file claiming to be 100k x 100k pixels costs nothing. EXIF orientation is applied so phone
+    photos come out upright.
     """
     name = "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else str(source)
     try:
@@ -45,7 +52,7 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Imag
         with warnings.catch_warnings():
             # PIL warns (rather than raises) between 1x and 2x its own limit; we enforce ours instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(handle)
+            image = Image.open(handle, formats=ACCEPTED_FORMATS)
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"{name}: image has no pixels ({width}x{height})")
@@ -61,7 +68,10 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Imag
     except Image.DecompressionBombError as error:
         raise ImageError(f"{name}: refused before decoding as a decompression bomb ({error})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not a recognised image format (JPEG, PNG, WebP, BMP, ...)") from None
+        raise ImageError(
+            f"{name}: not a recognised image format (latentz reads {ACCEPTED_FORMATS_TEXT}, judged by "
+            "the content, not the name)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
     return image

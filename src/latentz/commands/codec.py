@@ -1,18 +1,30 @@
 """`latentz encode` and `latentz decode`: images to .latentz files and back, one file or whole folders.
 
-Torch-free: both run on `latentz.runtime`. Outputs are never overwritten unless ``--force``. In
-folder mode the files are spread over ``--jobs`` worker processes (default: every core), a bad
-input is reported and skipped, and the command exits 1 at the end if any was.
+Torch-free: both run on `latentz.runtime`. Outputs are created exclusively (a temporary file is
+hard-linked into place, which fails if the name is taken), so nothing is ever overwritten unless
+``--force``, not even by another `latentz` process writing into the same folder at the same moment.
+
+In folder mode every output name is decided before any work: inputs in one folder whose names
+differ only in their extension or letter case (``s00.png``, ``s00.bmp``) all keep their extension
+(``s00.png.latentz``, ``s00.bmp.latentz``), every other file becomes ``STEM.latentz``. Files are
+spread over ``--jobs`` worker processes (default: every core), which end with the command however
+it ends. A bad input is reported and the rest go on; ``--skip-existing`` finishes an interrupted
+job; the command exits 1 at the end if any input failed or any output was refused as existing.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -28,7 +40,25 @@ MAX_CODED_PIXELS_HELP = (
     "Most pixels a photo model codes at once (default 4,194,304 = 2048x2048, about 0.9 GB to decode): "
     "bigger images are scaled down, bigger files refused."
 )
-IMAGE_FORMATS = {".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+DECODED_SUFFIX = ".png"
+"""Folder decode writes PNG (lossless); a single file is written in the format its name gives."""
+
+IMAGE_OUTPUTS: dict[str, tuple[str, dict[str, object]]] = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".webp": ("WEBP", {"lossless": True}),
+    ".bmp": ("BMP", {}),
+    ".tif": ("TIFF", {}),
+    ".tiff": ("TIFF", {}),
+}
+"""What `latentz decode -o NAME` writes, by NAME's extension: JPEG at quality 95 (4:4:4), WebP lossless."""
+IMAGE_OUTPUTS_TEXT = ".png, .jpg/.jpeg (JPEG quality 95), .webp (lossless WebP), .bmp or .tif/.tiff"
+IMAGE_SUFFIXES = (*IMAGE_OUTPUTS, ".gif")
+
+# How each input ended: only WRITTEN made a file. EXISTS (the output was there, the run was not
+# told to skip or overwrite it) is reported once for all files, not one error per file.
+WRITTEN, SKIPPED, EXISTS, FAILED = "written", "skipped", "exists", "failed"
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -46,6 +76,7 @@ class EncodeJob:
     quality: int | None
     step: float | None
     force: bool
+    skip_existing: bool = False
     max_coded_pixels: int = DEFAULT_CODED_PIXELS
 
 
@@ -57,14 +88,26 @@ class DecodeJob:
     source: Path
     target: Path
     force: bool
+    skip_existing: bool = False
     max_coded_pixels: int = DEFAULT_CODED_PIXELS
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """How one input ended, with the figures the folder summary averages (encode only)."""
+
     source: Path
     message: str
-    ok: bool
+    status: str = WRITTEN
+    target: Path | None = None
+    coded_bytes: int | None = None
+    bpp: float | None = None
+    psnr: float | None = None
+    seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (WRITTEN, SKIPPED)
 
 
 def _limits(max_coded_pixels: int) -> SizeLimits:
@@ -74,14 +117,62 @@ def _limits(max_coded_pixels: int) -> SizeLimits:
 
 
 def _check_target(target: Path, force: bool) -> None:
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists; pass --force to overwrite it")
+    """Refuse early (before any work) an output that is already there; the write checks again."""
+    from latentz.bundle import TargetExistsError
+
+    if not force and os.path.lexists(target):
+        raise TargetExistsError(target)
 
 
-def _write(target: Path, data: bytes) -> None:
+def _write(target: Path, data: bytes, force: bool) -> None:
     from latentz.bundle import atomic_write_bytes
 
-    atomic_write_bytes(target, data)
+    atomic_write_bytes(target, data, overwrite=force)
+
+
+def _ratio(original: int, coded: int) -> str:
+    """'3.2x smaller' or '1.03x larger than the input': a bigger file is never called smaller."""
+    if coded == original:
+        return "the same size as the input"
+    factor = original / coded if coded < original else coded / original
+    shown = f"{factor:.2f}" if factor < 10 else f"{factor:.1f}"
+    return f"{shown}x smaller" if coded < original else f"{shown}x larger than the input"
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
+
+
+_WARM: set[tuple[str, bool]] = set()
+
+
+def _warm_up(runtime: Any, encoder: bool) -> None:
+    """Run the whole pipeline once per process on a blank image, outside the timing, so the time
+    printed per file is the file's, not start-up (Pillow's plugins, the range coder and ONNX
+    Runtime's first run cost 100-300 ms on the first digit)."""
+    import numpy as np
+
+    from latentz import codec, imaging
+
+    key = (str(runtime.info.path), encoder)
+    if key in _WARM:
+        return
+    config = runtime.config
+    blank = np.zeros((config.image_size, config.image_size, config.channels), np.uint8)
+    if encoder:
+        data = runtime.compress(runtime.prepare(imaging.png_bytes(blank)).image)
+    else:  # a receiver may have no encoder: code a zero latent directly
+        data = codec.encode_latent(
+            np.zeros(config.latent_shape(), np.float32),
+            entropy=runtime.entropy,
+            step=codec.step_for_quality(75),
+            fingerprint=runtime.fingerprint,
+            height=config.image_size,
+            width=config.image_size,
+            channels=config.channels,
+        )
+    runtime.decompress(data)
+    _WARM.add(key)
 
 
 def encode_file(job: EncodeJob) -> Outcome:
@@ -90,20 +181,59 @@ def encode_file(job: EncodeJob) -> Outcome:
     from latentz import runtime as rt
 
     _check_target(job.target, job.force)
-    limits = _limits(job.max_coded_pixels)
     runtime = rt.load(job.model)
+    _warm_up(runtime, encoder=True)
+    limits = _limits(job.max_coded_pixels)
+    started = time.perf_counter()
     prepared = runtime.prepare(job.source, limits)
     data = runtime.compress(prepared.image, quality=job.quality, step=job.step)
+    seconds = time.perf_counter() - started
     decoded = runtime.decompress(data, limits)
-    _write(job.target, data)
+    _write(job.target, data, job.force)
     original_bytes = job.source.stat().st_size
     psnr = metrics.psnr(prepared.image[None], decoded[None])
+    height, width = prepared.image.shape[:2]
+    bpp = 8 * len(data) / (width * height)
     return Outcome(
         job.source,
-        f"{job.source.name}: {original_bytes:,} B -> {len(data):,} B "
-        f"({original_bytes / len(data):.1f}x smaller), PSNR {psnr:.2f} dB; {prepared.note}",
-        True,
+        f"{job.source.name}: {original_bytes:,} B -> {len(data):,} B ({_ratio(original_bytes, len(data))}), "
+        f"{bpp:.3f} bpp, PSNR {psnr:.2f} dB, {_milliseconds(seconds)}; {prepared.note}",
+        target=job.target,
+        coded_bytes=len(data),
+        bpp=bpp,
+        psnr=psnr,
+        seconds=seconds,
     )
+
+
+def read_latentz_file(path: Path) -> bytes:
+    """A .latentz file's bytes, refusing one over the format's size cap from its size on disk, unread."""
+    from latentz.codec import LatentzFormatError
+    from latentz.codec.format import MAX_FILE_BYTES
+
+    if not path.is_file():
+        raise LatentzFormatError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise LatentzFormatError(
+            f"{path} is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a .latentz file may have (not read)"
+        )
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows after the check
+    if len(data) > MAX_FILE_BYTES:
+        raise LatentzFormatError(f"{path} grew past the {MAX_FILE_BYTES:,} bytes a .latentz file may have")
+    return data
+
+
+def image_output_format(target: Path) -> tuple[str, dict[str, object]]:
+    """Pillow format and options for a decoded image, from its name's extension; refuses any other."""
+    try:
+        return IMAGE_OUTPUTS[target.suffix.lower()]
+    except KeyError:
+        got = f"unknown image type '{target.suffix}'" if target.suffix else "no extension"
+        raise ValueError(
+            f"{target}: {got}; the extension picks the format: name it {IMAGE_OUTPUTS_TEXT}"
+        ) from None
 
 
 def decode_file(job: DecodeJob) -> Outcome:
@@ -112,28 +242,38 @@ def decode_file(job: DecodeJob) -> Outcome:
 
     from latentz import runtime as rt
 
+    fmt, options = image_output_format(job.target)
     _check_target(job.target, job.force)
-    data = job.source.read_bytes()
+    data = read_latentz_file(job.source)
     runtime = rt.load(job.model) if job.model else rt.model_for_file(data)
+    _warm_up(runtime, encoder=False)
+    started = time.perf_counter()
     image = runtime.decompress(data, _limits(job.max_coded_pixels))
+    seconds = time.perf_counter() - started
     pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-    fmt = IMAGE_FORMATS.get(job.target.suffix.lower(), "PNG")
     buffer = io.BytesIO()
-    pil.save(buffer, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-    _write(job.target, buffer.getvalue())
+    pil.save(buffer, format=fmt, **options)
+    _write(job.target, buffer.getvalue(), job.force)
     return Outcome(
         job.source,
-        f"{job.source.name} -> {job.target} ({image.shape[1]}x{image.shape[0]}, {runtime.name})",
-        True,
+        f"{job.source.name} -> {job.target} ({image.shape[1]}x{image.shape[0]}, {runtime.name}, "
+        f"{_milliseconds(seconds)})",
+        target=job.target,
+        seconds=seconds,
     )
 
 
 def _guarded(work: Callable[[EncodeJob | DecodeJob], Outcome], job: EncodeJob | DecodeJob) -> Outcome:
     """Run one job; a user error becomes a failed outcome, so one bad file never stops the rest."""
+    from latentz.bundle import TargetExistsError
+
     try:
         return work(job)
+    except TargetExistsError as error:  # there before the run, or made meanwhile by another process
+        status = SKIPPED if job.skip_existing else EXISTS
+        return Outcome(job.source, f"{job.source.name}: {error}", status, target=job.target)
     except user_errors() as error:
-        return Outcome(job.source, f"{job.source.name}: {error}", False)
+        return Outcome(job.source, f"{job.source.name}: {error}", FAILED)
 
 
 def guarded_encode(job: EncodeJob) -> Outcome:
@@ -144,9 +284,73 @@ def guarded_decode(job: DecodeJob) -> Outcome:
     return _guarded(decode_file, job)  # type: ignore[arg-type]
 
 
-def _single_thread_worker() -> None:
-    """Each worker process uses one core; the pool provides the parallelism."""
+# -- folders -------------------------------------------------------------------------------------
+def distinct_targets(root: Path, sources: list[Path], out: Path, suffix: str) -> list[Path]:
+    """One output per input under ``out``, mirroring ``root``'s folders, never two inputs on one name.
+
+    An input becomes ``STEM + suffix`` unless that name (compared ignoring case, so that a
+    case-insensitive disk is safe too) is wanted by another input: then each of those keeps its
+    whole name, ``NAME + suffix`` (``s00.png.latentz``, ``s00.bmp.latentz``). Repeated until no name
+    is shared, which ends because whole names in one folder are distinct.
+    """
+    relative = [source.relative_to(root) for source in sources]
+    whole: set[int] = set()
+    while True:
+        names = [
+            path.with_name(path.name + suffix) if index in whole else path.with_suffix(suffix)
+            for index, path in enumerate(relative)
+        ]
+        claims: dict[str, list[int]] = defaultdict(list)
+        for index, name in enumerate(names):
+            claims[name.as_posix().casefold()].append(index)
+        renamed = {index for group in claims.values() if len(group) > 1 for index in group} - whole
+        if not renamed:
+            return [out / name for name in names]
+        whole |= renamed
+
+
+def _plan(jobs: list, force: bool, skip_existing: bool) -> tuple[list, dict[int, Outcome]]:
+    """Split jobs into work to do and outcomes known up front (outputs that are already there)."""
+    if force:
+        return jobs, {}
+    todo, known = [], {}
+    for index, job in enumerate(jobs):
+        if os.path.lexists(job.target):
+            status = SKIPPED if skip_existing else EXISTS
+            known[index] = Outcome(job.source, f"{job.target} exists", status, target=job.target)
+        else:
+            todo.append(job)
+    return todo, known
+
+
+def _parent_watchdog(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_initializer(parent_pid: int) -> None:
+    """Each worker uses one core (the pool provides the parallelism) and dies with its parent.
+
+    A killed parent (SIGTERM, SIGKILL) leaves its workers to the init process; without this they
+    would go on writing, then wait forever for work. On Linux the kernel sends SIGKILL when the
+    parent dies (prctl PR_SET_PDEATHSIG); the parent-pid check closes the race of a parent that died
+    before that was set. Elsewhere a thread polls the parent pid.
+    """
     os.environ["OMP_NUM_THREADS"] = "1"
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_parent_watchdog, args=(parent_pid,), daemon=True).start()
 
 
 def _outcomes(work: Callable, jobs: list, workers: int) -> Iterator[Outcome]:
@@ -162,31 +366,93 @@ def _outcomes(work: Callable, jobs: list, workers: int) -> Iterator[Outcome]:
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_thread_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_initializer, initargs=(os.getpid(),)
+    ) as pool:
         yield from pool.map(work, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
 
 
 def run_folder(work: Callable, jobs: list, workers: int, what: str) -> list[Outcome]:
+    """Run the jobs behind a progress bar on stderr (none when stderr is not a terminal)."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     outcomes = []
-    with Progress(
-        TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as bar:
-        task = bar.add_task(what, total=len(jobs))
-        for outcome in _outcomes(work, jobs, workers):
-            outcomes.append(outcome)
-            bar.advance(task)
+    console = Console(stderr=True)
+    try:
+        with Progress(
+            TextColumn(f"[bold]{what}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar:
+            task = bar.add_task(what, total=len(jobs))
+            for outcome in _outcomes(work, jobs, workers):
+                outcomes.append(outcome)
+                bar.advance(task)
+    except KeyboardInterrupt:  # Ctrl-C: every written file is whole; say how to finish the job
+        typer.echo(
+            f"interrupted: {what} stopped with at least {len(outcomes)} of {len(jobs)} files done; run the "
+            "same command with --skip-existing to do the rest",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     return outcomes
 
 
+def run_planned(
+    work: Callable, jobs: list, workers: int, what: str, force: bool, skip_existing: bool
+) -> list[Outcome]:
+    """All outcomes in input order: those known before starting, then the work done for the rest."""
+    todo, known = _plan(jobs, force, skip_existing)
+    done = iter(run_folder(work, todo, workers, what) if todo else [])
+    return [known[index] if index in known else next(done) for index in range(len(jobs))]
+
+
+def _mean_line(written: list[Outcome]) -> str | None:
+    coded = [o for o in written if o.coded_bytes is not None]
+    if len(coded) < 2:
+        return None
+    count = len(coded)
+    mean_bytes = sum(o.coded_bytes or 0 for o in coded) / count
+    mean_bpp = sum(o.bpp or 0.0 for o in coded) / count
+    mean_psnr = sum(o.psnr or 0.0 for o in coded) / count
+    mean_seconds = sum(o.seconds or 0.0 for o in coded) / count
+    return (
+        f"mean of {count} files: {mean_bytes:,.1f} B, {mean_bpp:.3f} bpp, PSNR {mean_psnr:.2f} dB, "
+        f"{_milliseconds(mean_seconds)} per image"
+    )
+
+
 def _report(outcomes: list[Outcome], verb: str) -> None:
-    failed = [o for o in outcomes if not o.ok]
+    """One line per written or failed file, then the counts; refused existing outputs get one line."""
+    by_status: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in outcomes:
-        typer.echo(outcome.message, err=not outcome.ok)
-    typer.echo(f"{verb} {len(outcomes) - len(failed)} of {len(outcomes)} files", err=bool(failed))
+        by_status[outcome.status].append(outcome)
+        if outcome.status in (WRITTEN, FAILED):
+            typer.echo(outcome.message, err=outcome.status == FAILED)
+    written, skipped = by_status[WRITTEN], by_status[SKIPPED]
+    existing, failed = by_status[EXISTS], by_status[FAILED]
+    mean = _mean_line(written)
+    if mean:
+        typer.echo(mean)
+    summary = f"{verb} {len(written)} of {len(outcomes)} files"
+    if skipped:
+        summary += f"; skipped {len(skipped)} whose output already exists"
+    typer.echo(summary, err=bool(existing or failed))
+    if existing:
+        typer.echo(
+            f"error: {len(existing)} output(s) already exist and were left as they are (the first: "
+            f"{existing[0].target}); pass --skip-existing to finish the job without them, or --force "
+            "to overwrite them",
+            err=True,
+        )
     if failed:
-        typer.echo(f"error: {len(failed)} file(s) skipped (reasons above)", err=True)
+        typer.echo(f"error: {len(failed)} file(s) failed (reasons above)", err=True)
+    if existing or failed:
         raise typer.Exit(1)
 
 
@@ -194,7 +460,26 @@ def _default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _check_output_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} exists and is not a folder; a folder of inputs needs an output folder")
+
+
+def _check_flags(force: bool, skip_existing: bool) -> None:
+    if force and skip_existing:
+        _fail("give --force (overwrite existing outputs) or --skip-existing (keep them), not both")
+
+
+ENCODE_OUT_HELP = (
+    "Output .latentz file (an existing folder: STEM.latentz in it). For a folder of images, a folder: "
+    "STEM.latentz each, or NAME.latentz (s00.png.latentz, s00.bmp.latentz) for inputs in one folder whose "
+    "names differ only in extension."
+)
 JOBS_HELP = "Worker processes for folders (default: every core)."
+FORCE_HELP = "Overwrite existing outputs (without it they are never replaced)."
+SKIP_HELP = (
+    "Leave outputs that already exist and count them as skipped, e.g. to finish an interrupted folder."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -203,7 +488,10 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., help="An image, or a folder of images (recursive)."),
         model: str = typer.Option(..., "--model", "-m", help="Bundle name or folder."),
         out: Path = typer.Option(
-            ..., "--out", "-o", help="Output .latentz file, or a folder for a folder of images."
+            ...,
+            "--out",
+            "-o",
+            help=ENCODE_OUT_HELP,
         ),
         quality: int = typer.Option(
             None, "--quality", "-q", min=0, max=100, help="0..100, higher is better (default 75)."
@@ -211,39 +499,53 @@ def register(app: typer.Typer) -> None:
         step: float = typer.Option(
             None, "--step", help="Quantisation step in posterior standard deviations (instead of --quality)."
         ),
-        force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+        skip_existing: bool = typer.Option(False, "--skip-existing", help=SKIP_HELP),
         jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
         max_coded_pixels: int = typer.Option(
             DEFAULT_CODED_PIXELS, "--max-coded-pixels", min=64, help=MAX_CODED_PIXELS_HELP
         ),
     ) -> None:
-        """Compress images into .latentz files; prints sizes, ratio and round-trip PSNR."""
+        """Compress images into .latentz files; prints sizes, bits per pixel, round-trip PSNR and time."""
         from latentz import runtime as rt
+        from latentz.bundle import TargetExistsError
         from latentz.data import list_image_files
 
         if quality is not None and step is not None:
             _fail("give --quality or --step, not both")
+        _check_flags(force, skip_existing)
         try:
-            model_path = str(rt.load(model).info.path)  # fail fast on a bad model, before any work
             if source.is_dir():
+                _check_output_folder(out)
+                model_path = str(rt.load(model).info.path)  # fail fast on a bad model, before any work
                 sources = list_image_files(source)
                 if not sources:
                     _fail(f"{source}: no JPEG/PNG/WebP/BMP files found")
                 work = [
-                    EncodeJob(
-                        model_path,
-                        s,
-                        out / s.relative_to(source).with_suffix(LATENTZ_SUFFIX),
-                        quality,
-                        step,
-                        force,
-                        max_coded_pixels,
+                    EncodeJob(model_path, s, target, quality, step, force, skip_existing, max_coded_pixels)
+                    for s, target in zip(
+                        sources, distinct_targets(source, sources, out, LATENTZ_SUFFIX), strict=True
                     )
-                    for s in sources
                 ]
-                _report(run_folder(guarded_encode, work, jobs or _default_jobs(), "encoding"), "encoded")
+                outcomes = run_planned(
+                    guarded_encode, work, jobs or _default_jobs(), "encoding", force, skip_existing
+                )
+                _report(outcomes, "encoded")
                 return
-            outcome = encode_file(EncodeJob(model_path, source, out, quality, step, force, max_coded_pixels))
+            if out.is_dir():  # like cp: into the folder, under the input's name
+                out = out / (source.stem + LATENTZ_SUFFIX)
+            if out.suffix.lower() in IMAGE_SUFFIXES:
+                _fail(f"{out} names an image; `latentz encode` writes .latentz files (-o NAME.latentz)")
+            if out.exists() and source.exists() and out.samefile(source):
+                _fail(f"{out} is the input itself; give another output name")
+            model_path = str(rt.load(model).info.path)
+            job = EncodeJob(model_path, source, out, quality, step, force, skip_existing, max_coded_pixels)
+            outcome = encode_file(job)
+        except TargetExistsError as error:
+            if not skip_existing:
+                _fail(f"{error}; pass --force to overwrite it")
+            typer.echo(f"skipped {source}: {out} already exists")
+            return
         except user_errors() as error:
             _fail(str(error))
         typer.echo(outcome.message)
@@ -252,33 +554,53 @@ def register(app: typer.Typer) -> None:
     @app.command("decode")
     def decode_command(
         source: Path = typer.Argument(..., help="A .latentz file, or a folder of them (recursive)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output image (PNG), or a folder."),
+        out: Path = typer.Option(
+            ...,
+            "--out",
+            "-o",
+            help=f"Output image, its format from the extension ({IMAGE_OUTPUTS_TEXT}; an existing "
+            "folder: STEM.png in it); for a folder of .latentz files a folder: STEM.png each.",
+        ),
         model: str = typer.Option(
             None, "--model", "-m", help="Bundle to decode with (default: found by the file's fingerprint)."
         ),
-        force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+        skip_existing: bool = typer.Option(False, "--skip-existing", help=SKIP_HELP),
         jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
         max_coded_pixels: int = typer.Option(
             DEFAULT_CODED_PIXELS, "--max-coded-pixels", min=64, help=MAX_CODED_PIXELS_HELP
         ),
     ) -> None:
         """Decode .latentz files into images with the model that made them."""
+        from latentz.bundle import TargetExistsError
+
+        _check_flags(force, skip_existing)
         try:
             if source.is_dir():
+                _check_output_folder(out)
                 sources = sorted(p for p in source.rglob(f"*{LATENTZ_SUFFIX}") if p.is_file())
                 if not sources:
                     _fail(f"{source}: no {LATENTZ_SUFFIX} files found")
                 work = [
-                    DecodeJob(
-                        model, s, out / s.relative_to(source).with_suffix(".png"), force, max_coded_pixels
+                    DecodeJob(model, s, target, force, skip_existing, max_coded_pixels)
+                    for s, target in zip(
+                        sources, distinct_targets(source, sources, out, DECODED_SUFFIX), strict=True
                     )
-                    for s in sources
                 ]
-                _report(run_folder(guarded_decode, work, jobs or _default_jobs(), "decoding"), "decoded")
+                outcomes = run_planned(
+                    guarded_decode, work, jobs or _default_jobs(), "decoding", force, skip_existing
+                )
+                _report(outcomes, "decoded")
                 return
-            if not source.is_file():
-                _fail(f"{source}: no such file")
-            outcome = decode_file(DecodeJob(model, source, out, force, max_coded_pixels))
+            if out.is_dir():
+                out = out / (source.stem + DECODED_SUFFIX)
+            image_output_format(out)  # an unknown extension is refused before any work
+            outcome = decode_file(DecodeJob(model, source, out, force, skip_existing, max_coded_pixels))
+        except TargetExistsError as error:
+            if not skip_existing:
+                _fail(f"{error}; pass --force to overwrite it")
+            typer.echo(f"skipped {source}: {out} already exists")
+            return
         except user_errors() as error:
             _fail(str(error))
         typer.echo(outcome.message)
