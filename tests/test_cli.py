@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import latentz
+from latentz import bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +34,45 @@ def test_version_prints_the_version_and_succeeds() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"latentz {latentz.__version__}"
     assert "Missing command" not in result.stdout + result.stderr
+
+
+# -- latentz models ---------------------------------------------------------------------------------
+def _install_copy(source: Path, folder: Path, name: str) -> str:
+    """A bundle as `latentz models` sees it (its config and card) under another name."""
+    target = folder / name
+    target.mkdir(parents=True)
+    for file_name in (bundle.CONFIG_FILE, bundle.CARD_FILE):
+        shutil.copy(source / file_name, target / file_name)
+    return bundle.read_card(target)["fingerprint"][:8]
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_models_never_cuts_names_or_fingerprints_and_says_where(tmp_path: Path, width: int) -> None:
+    home, extra = tmp_path / "home", tmp_path / "my-models"
+    cached = _install_copy(
+        bundle.PACKAGED_BUNDLES / "mnist-z32", home / ".cache/latentz/models", "digits-cached"
+    )
+    mine = _install_copy(bundle.PACKAGED_BUNDLES / "red-cars-64", extra, "red-cars-64-retrained-by-me")
+    result = run_latentz(
+        "models", env={"COLUMNS": str(width), "HOME": str(home), "LATENTZ_MODELS": str(extra)}
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "…" not in out and "..." not in out
+    words = out.split()
+    for name in sorted(bundle.PACKAGED_BUNDLES.iterdir()):
+        if bundle.is_bundle(name):
+            assert name.name in words, f"{name.name} missing or cut at {width} columns:\n{out}"
+            assert bundle.read_card(name)["fingerprint"][:8] in words
+    assert {"digits-cached", cached, "red-cars-64-retrained-by-me", mine} <= set(words)
+    assert "packaged" in words and "cache" in words
+    assert str(extra) in out.replace("\n", "")
+    # Without the long temporary folder, 80 columns hold one line per model.
+    plain = run_latentz("models", env={"COLUMNS": str(width), "HOME": str(home), "LATENTZ_MODELS": ""})
+    lines = plain.stdout.splitlines()
+    assert plain.returncode == 0 and "…" not in plain.stdout and max(map(len, lines)) <= width
+    if width == 80:
+        red_car = next(line.split() for line in lines if line.startswith("red-cars-128 "))
+        fingerprint = bundle.read_card(bundle.PACKAGED_BUNDLES / "red-cars-128")["fingerprint"][:8]
+        assert red_car[:3] == ["red-cars-128", "packaged", fingerprint]
+        assert next(line.split() for line in lines if line.startswith("digits-cached "))[1] == "cache"
