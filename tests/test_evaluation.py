@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_MNIST, make_digits
 from typer.testing import CliRunner
 
 from latentz import bundle, evaluation
 from latentz.cli import app
 from latentz.config import ModelConfig, save_json
-from latentz.data import load_dataset
+from latentz.data import load_dataset, write_idx
 from latentz.evaluation import evaluate
 from latentz.models import VAE, save_weights
 
@@ -201,6 +202,45 @@ def test_cli_table_states_grey_level(tiny_bundle: Path, idx_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "grey-level" in result.stdout and "not binarized" in result.stdout
     assert "negative ELBO" in result.stdout
+
+
+def test_cli_evaluates_a_file_it_is_given_whole(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A file the user names, with no training file beside it, is not cut down to a 10% split."""
+    named = tmp_path / "my-digits-images-idx3-ubyte.gz"
+    write_idx(named, make_digits(50, seed=7)[0])
+    report = json.loads(
+        CliRunner().invoke(app, ["eval", str(tiny_bundle), "--data", f"idx:{named}", "--json"]).stdout
+    )
+    assert report["n_images"] == 50 and report["split"] == "all"
+    assert (
+        "Every image" in report["split_reason"]
+        and "not the data set tiny was trained on" in report["split_reason"]
+    )
+    table = CliRunner().invoke(app, ["eval", str(tiny_bundle), "--data", f"idx:{named}"])
+    assert table.exit_code == 0 and "Every image of" in " ".join(table.stdout.split())
+    asked = CliRunner().invoke(
+        app, ["eval", str(tiny_bundle), "--data", f"idx:{named}", "--split", "val", "--json"]
+    )
+    assert json.loads(asked.stdout)["n_images"] == 5
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "a copy elsewhere"])
+def test_cli_keeps_the_held_out_split_for_the_models_own_data(
+    mnist_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """mnist-z10's own digits, however they are named, give the 900 it held out, never all 9,000."""
+    path = mnist_path.resolve()
+    if spelling == "a copy elsewhere":
+        path = tmp_path / "copy" / REAL_MNIST.name
+        path.parent.mkdir()
+        path.write_bytes(mnist_path.read_bytes())
+    monkeypatch.chdir(tmp_path)  # the card's relative path does not resolve from here
+    result = CliRunner().invoke(
+        app, ["eval", "mnist-z10", "--data", f"idx:{path}", "--json", "--limit", "20"]
+    )
+    report = json.loads(result.stdout)
+    assert report["split"] == "test" and "held out" in report["split_reason"]
+    assert "held-out 10% of 9000" in report["split_note"]
 
 
 def test_cli_errors_are_one_clear_line(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -4,14 +4,57 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import typer
 
+from latentz.bundle import TRAIN_CONFIG_FILE, BundleInfo, training_val_fraction
+
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def _named_file(spec: str) -> tuple[str, str]:
+    """(kind, file or folder name) of a data spec, without reading it; a named set is its training
+    file, so `mnist` and `idx:.../train-images-idx3-ubyte.gz` compare equal."""
+    from latentz.data import DatasetError, parse_spec, resolve_named
+
+    kind, argument = parse_spec(spec)
+    if kind == "named":
+        try:
+            return "idx", resolve_named(argument)[0].name
+        except DatasetError:
+            return "named", argument
+    return kind, Path(argument).expanduser().name
+
+
+def is_training_data(spec: str, info: BundleInfo) -> bool:
+    """Whether ``spec`` names the data the model was trained on, however it is written or wherever
+    it is run from: the same spec, or a file (folder) of the same name holding as many images as
+    the card says training split into train and held-out (plus files it could not read)."""
+    from latentz.data import DatasetError, describe
+
+    trained = info.card.get("data")
+    if not trained:
+        return False
+    if spec.strip() == str(trained).strip():
+        return True
+    try:
+        if _named_file(spec) != _named_file(str(trained)):
+            return False
+        count = describe(spec)["count"]
+    except (DatasetError, OSError, ValueError):
+        return False
+    card = info.card
+    expected = int(card.get("n_train", -1)) + int(card.get("n_val", 0)) + int(card.get("skipped_files", 0))
+    try:
+        limited = bool(json.loads((info.path / TRAIN_CONFIG_FILE).read_text()).get("max_train_images"))
+    except (OSError, ValueError, AttributeError):
+        limited = False
+    return count >= expected if limited else count == expected
 
 
 def _json_safe(value: Any) -> Any:
@@ -19,6 +62,28 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def choose_split(split: str | None, data: str | None, info: BundleInfo) -> tuple[str, str]:
+    """The split to evaluate and why, in words for the report.
+
+    Data a user names is evaluated whole, unless it is the model's own training data: then only
+    the images training held out, since the rest would flatter the model.
+    """
+    if split is not None:
+        return split, f"The {split} split, as --split asked."
+    if data is None:
+        return "test", f"These are images {info.name} never saw in training (its own data; no --data given)."
+    if is_training_data(data, info):
+        return "test", (
+            f"{data} is the data {info.name} was trained on, so only the images training held out are "
+            f"evaluated; --split all evaluates every image, training images included."
+        )
+    trained = info.card.get("data") or "none"
+    return "all", (
+        f"Every image of {data} is evaluated: it is not the data set {info.name} was trained on "
+        f"({trained}); --split val evaluates a {training_val_fraction(info.path):.0%} split instead."
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +95,12 @@ def register(app: typer.Typer) -> None:
             "--data",
             help="Data spec (mnist, fashion-mnist, idx:PATH, folder:DIR); default: the model's.",
         ),
-        split: str = typer.Option("test", "--split", help="train, val, test or all."),
+        split: str | None = typer.Option(
+            None,
+            "--split",
+            help="train, val, test or all. Default: the images the model never saw when --data is "
+            "its own training data (or is not given), else all of --data.",
+        ),
         iwae: int | None = typer.Option(
             None, "--iwae", min=1, help="Also compute the IWAE bound with K importance samples."
         ),
@@ -39,7 +109,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
     ) -> None:
         """Evaluate a model: negative ELBO (+ IWAE), bits/dim, PSNR, SSIM and active units per image."""
-        from latentz.bundle import BundleError, read_bundle, sha256_file, training_val_fraction
+        from latentz.bundle import BundleError, read_bundle, sha256_file
         from latentz.config import ConfigError
         from latentz.data import DatasetError, load_dataset
 
@@ -54,7 +124,10 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"{weights} does not match the fingerprint in card.json (corrupt or replaced)")
         spec = data or info.card.get("data")
         if not spec:
-            raise _fail("the model's card names no data set; pass --data")
+            raise _fail(
+                f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC."
+            )
+        split, reason = choose_split(split, data, info)
         config = info.config
         try:
             images = load_dataset(
@@ -68,7 +141,7 @@ def register(app: typer.Typer) -> None:
         except DatasetError as error:
             raise _fail(str(error)) from None
         if len(images) == 0:
-            raise _fail(f"the {split} split of {spec} holds no images")
+            raise _fail(f"the {split} split of {spec} holds no images; try --split all.")
 
         from latentz.evaluation import evaluate
         from latentz.models import load_model
@@ -78,7 +151,15 @@ def register(app: typer.Typer) -> None:
         except (RuntimeError, OSError, ValueError) as error:
             raise _fail(f"could not load the weights of {info.path}: {error}") from None
         results = evaluate(vae, images.images, iwae_samples=iwae, seed=seed)
-        results.update({"data": spec, "split": split, "split_note": images.source_note, "model": info.name})
+        results.update(
+            {
+                "data": spec,
+                "split": split,
+                "split_note": images.source_note,
+                "split_reason": reason,
+                "model": info.name,
+            }
+        )
         if as_json:
             typer.echo(json.dumps({key: _json_safe(value) for key, value in results.items()}))
             return
@@ -114,4 +195,5 @@ def _print_table(results: dict[str, Any]) -> None:
         table.add_row(*(escape(cell) for cell in row))
     console = Console()
     console.print(table)
+    console.print(escape(results["split_reason"]))
     console.print(escape(f"Pixels: {results['pixels']}. Bits/dim: {results['bits_per_dim_note']}."))
