@@ -17,15 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_latentz(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, path_first: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """`python -m latentz ARGS` in a fresh interpreter, with this checkout's source first on the path."""
+    """`python -m latentz ARGS` in a fresh interpreter, with this checkout's source first on the path
+    (after ``path_first`` when given)."""
     environment = {**os.environ, **(env or {})}
-    environment["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(REPO / "src"), environment.get("PYTHONPATH", "")) if part
-    )
+    entries = [str(path_first)] if path_first else []
+    entries += [str(REPO / "src"), environment.get("PYTHONPATH", "")]
+    environment["PYTHONPATH"] = os.pathsep.join(entry for entry in entries if entry)
     return subprocess.run(
-        [sys.executable, "-m", "latentz", *args], capture_output=True, text=True, env=environment, cwd=cwd
+        [sys.executable, "-m", "latentz", *args], capture_output=True, text=True, env=environment
     )
 
 
@@ -76,3 +77,34 @@ def test_models_never_cuts_names_or_fingerprints_and_says_where(tmp_path: Path, 
         fingerprint = bundle.read_card(bundle.PACKAGED_BUNDLES / "red-cars-128")["fingerprint"][:8]
         assert red_car[:3] == ["red-cars-128", "packaged", fingerprint]
         assert next(line.split() for line in lines if line.startswith("digits-cached "))[1] == "cache"
+
+
+# -- a base install without the training extra ---------------------------------------------------
+def hide_module(folder: Path, name: str) -> Path:
+    """A path entry whose `name` package fails to import as if it were not installed."""
+    package = folder / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"raise ImportError(\"No module named '{name}'\", name={name!r})\n")
+    return folder
+
+
+def test_train_without_onnxscript_stops_before_the_first_epoch(tmp_path: Path, mnist_path: Path) -> None:
+    out = tmp_path / "run"
+    hidden = hide_module(tmp_path / "hidden", "onnxscript")
+    result = run_latentz(
+        "train", "--data", f"idx:{mnist_path}", "-o", str(out), "--limit", "64", "--epochs", "2",
+        "--widths", "4,8", "--hidden", "16", "--latent-dim", "2",
+        path_first=hidden,
+    )  # fmt: skip
+    said = result.stdout + result.stderr
+    assert result.returncode == 2, said
+    assert "onnxscript" in result.stderr and "pip install 'latentz[train]'" in result.stderr
+    assert "Traceback" not in said and "epoch" not in said
+    assert not out.exists(), "nothing is trained or written"
+
+
+def test_eval_without_torch_says_how_to_install_it(tmp_path: Path) -> None:
+    result = run_latentz("eval", "mnist-z10", "--json", path_first=hide_module(tmp_path / "hidden", "torch"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "torch" in result.stderr and "pip install 'latentz[train]'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -109,6 +109,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
     ) -> None:
         """Evaluate a model: negative ELBO (+ IWAE), bits/dim, PSNR, SSIM and active units per image."""
+        from latentz.commands.train import missing_training_modules
+
+        problem = missing_training_modules("latentz eval", {"torch": "to run the model's weights"})
+        if problem:
+            raise _fail(f"{problem}.")
         from latentz.bundle import BundleError, read_bundle, sha256_file
         from latentz.config import ConfigError
         from latentz.data import DatasetError, load_dataset

@@ -11,6 +11,7 @@ machines) and shares it, and only rank 0 prints.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -62,6 +63,41 @@ PHOTO_DEFAULTS: dict[str, Any] = {
 
 #: Written by latentz.training into every run folder (named here to keep --help free of torch).
 SAVED_CONFIG_FILE = "train_config.json"
+
+#: What training imports beyond the base install, and what for: the base install serves and codes
+#: without any of them, so a user may well have none.
+TRAINING_MODULES = {
+    "torch": "to train",
+    "onnx": "to write the bundle's ONNX files when training ends",
+    "onnxscript": "to write the bundle's ONNX files when training ends",
+}
+TRAIN_EXTRA_INSTALL = (
+    "pip install 'latentz[train]' (from a clone of the repository: pip install -e '.[train]')"
+)
+
+
+def missing_training_modules(
+    what: str = "Training", modules: dict[str, str] = TRAINING_MODULES
+) -> str | None:
+    """A sentence naming what cannot be imported and how to install it, or None when all can.
+
+    The modules are imported, not just looked up, so a broken install is caught too, and before
+    the first epoch: the ONNX exporter is otherwise first imported after the last one.
+    """
+    missing, reasons = [], []
+    for name, purpose in modules.items():
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            missing.append(f"{name} ({purpose})")
+            reasons.append(str(error))
+    if not missing:
+        return None
+    needed = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+    return (
+        f"{what} needs {needed}, which cannot be imported here: {'; '.join(reasons)}. "
+        f"Install what training needs with {TRAIN_EXTRA_INSTALL}"
+    )
 
 
 def is_photo_spec(spec: str) -> bool:
@@ -233,6 +269,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train a VAE and write a model bundle (weights, config, card, plots) into --out."""
+        problem = missing_training_modules()
+        if problem:
+            _fail(f"{problem}. Nothing was trained.")
         run_flags = {
             "epochs": epochs,
             "batch_size": batch_size,
