@@ -327,14 +327,28 @@ def register(app: typer.Typer) -> None:
         if not is_main_process():
             return
         if not (bundle_dir / "card.json").is_file():
-            typer.echo(f"stopped early; checkpoint in {bundle_dir / 'checkpoint'}", err=True)
+            typer.echo(
+                f"Stopped before the last epoch; the checkpoint is in {bundle_dir / 'checkpoint'}: continue "
+                f"with `latentz train -o {out} --resume`.",
+                err=True,
+            )
             return
         card = json.loads((bundle_dir / "card.json").read_text())
-        metrics = card["metrics"]
-        typer.echo(
-            f"wrote bundle {bundle_dir}: val -ELBO {metrics['neg_elbo']:.2f} nats, "
-            f"PSNR {metrics['psnr']:.2f} dB, {card['images_per_s']:.0f} images/s, {card['wall_time_s']:.0f} s"
-        )
+        typer.echo(finished_sentence(bundle_dir, card))
+
+
+def finished_sentence(bundle_dir: Path, card: dict[str, Any]) -> str:
+    """The last line of a run: where the bundle is and its held-out figures, as the epoch lines give them."""
+    from latentz.evaluation import bits_per_dim
+
+    metrics, model = card["metrics"], json.loads((bundle_dir / "config.json").read_text())
+    dims = model["channels"] * model["image_size"] ** 2
+    bits = bits_per_dim(metrics["neg_elbo"], dims, model["likelihood"])
+    return (
+        f"Wrote the bundle {bundle_dir}: on its {card['n_val']} validation images -ELBO "
+        f"{metrics['neg_elbo']:,.2f} nats per image = {bits:.4f} bits/dim, PSNR {metrics['psnr']:.2f} dB. "
+        f"Trained at {card['images_per_s']:,.0f} images/s in {card['wall_time_s']:,.0f} s."
+    )
 
 
 def is_main_process() -> bool:
