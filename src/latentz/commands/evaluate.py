@@ -124,9 +124,12 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(error)) from None
         weights = info.path / "weights.safetensors"
         if not weights.is_file():
-            raise _fail(f"{info.path} has no weights.safetensors; evaluation needs the torch weights")
+            raise _fail(f"{info.path} has no weights.safetensors, and evaluation needs the torch weights.")
         if info.fingerprint and sha256_file(weights) != info.fingerprint:
-            raise _fail(f"{weights} does not match the fingerprint in card.json (corrupt or replaced)")
+            raise _fail(
+                f"{weights} does not match the fingerprint in its card.json: the file is damaged or was "
+                "replaced."
+            )
         spec = data or info.card.get("data")
         if not spec:
             raise _fail(
@@ -154,7 +157,7 @@ def register(app: typer.Typer) -> None:
         try:
             vae = load_model(info.path)
         except (RuntimeError, OSError, ValueError) as error:
-            raise _fail(f"could not load the weights of {info.path}: {error}") from None
+            raise _fail(f"the weights of {info.path} could not be loaded ({error}).") from None
         results = evaluate(vae, images.images, iwae_samples=iwae, seed=seed)
         results.update(
             {

@@ -77,7 +77,7 @@ TRAIN_EXTRA_INSTALL = (
 
 
 def missing_training_modules(
-    what: str = "Training", modules: dict[str, str] = TRAINING_MODULES
+    what: str = "latentz train", modules: dict[str, str] = TRAINING_MODULES
 ) -> str | None:
     """A sentence naming what cannot be imported and how to install it, or None when all can.
 
@@ -109,9 +109,9 @@ def parse_widths(text: str) -> list[int]:
     try:
         widths = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers like 32,64, got {text!r}") from None
+        raise typer.BadParameter(f"expected comma-separated integers like 32,64, but got {text!r}.") from None
     if not widths:
-        raise typer.BadParameter("give at least one width, e.g. 32,64")
+        raise typer.BadParameter("give at least one width, for example 32,64.")
     return widths
 
 
@@ -119,11 +119,13 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"the config file {path} does not exist.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"config file {path} is not readable JSON: {error}") from None
+        raise ConfigError(f"the config file {path} is not readable JSON ({error}).") from None
     if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
-        raise ConfigError(f"config file {path} must hold a JSON object (a TrainConfig, 'model' an object)")
+        raise ConfigError(
+            f"the config file {path} must hold a JSON object (a TrainConfig, its 'model' an object too)."
+        )
     return data
 
 
@@ -143,7 +145,8 @@ def build_config(
     spec = data or from_file.get("data") or (base or {}).get("data")
     if not spec:
         raise ConfigError(
-            "no data: pass --data SPEC (mnist, fashion-mnist, idx:PATH, folder:DIR) or set 'data' in --config"
+            "no data set was given: pass --data SPEC (mnist, fashion-mnist, idx:PATH or folder:DIR) or "
+            "set 'data' in the --config file."
         )
     kind_defaults = PHOTO_DEFAULTS if is_photo_spec(str(spec)) else GREY_DEFAULTS
     defaults = base if base is not None else kind_defaults
@@ -160,7 +163,7 @@ def build_config(
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:  # a value of the wrong JSON type, e.g. "widths": "abc"
-        raise ConfigError(f"invalid configuration: {error}") from None
+        raise ConfigError(f"the config file or the flags give an invalid configuration: {error}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -269,7 +272,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train a VAE and write a model bundle (weights, config, card, plots) into --out."""
-        problem = missing_training_modules()
+        problem = missing_training_modules("latentz train")
         if problem:
             _fail(f"{problem}. Nothing was trained.")
         run_flags = {
@@ -320,8 +323,8 @@ def register(app: typer.Typer) -> None:
             _fail(str(error))
         except KeyboardInterrupt:
             _fail(
-                f"interrupted; the last finished epoch is checkpointed: continue with "
-                f"`latentz train -o {out} --resume`",
+                f"interrupted. The last finished epoch is checkpointed: continue with "
+                f"`latentz train -o {out} --resume`.",
                 code=130,
             )
         if not is_main_process():
