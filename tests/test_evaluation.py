@@ -243,6 +243,17 @@ def test_cli_keeps_the_held_out_split_for_the_models_own_data(
     assert "held-out 10% of 9000" in report["split_note"]
 
 
+def test_cli_says_the_default_data_came_from_the_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mnist-z10's card names its digits relative to the repository; elsewhere the error says so."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "mnist-z10", "--json"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "mnist-z10's card" in result.output and "pass --data SPEC" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_cli_errors_are_one_clear_line(tiny_bundle: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(app, ["eval", str(tmp_path / "nope"), "--json"])

@@ -147,6 +147,11 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
             )
         except DatasetError as error:
+            if data is None:  # the card's spec, often a path relative to where training ran
+                raise _fail(
+                    f"{error}. That data spec comes from {info.name}'s card ({info.path / 'card.json'}), "
+                    f"read from {Path.cwd()}; pass --data SPEC to say where the images are."
+                ) from None
             raise _fail(str(error)) from None
         if len(images) == 0:
             raise _fail(f"the {split} split of {spec} holds no images; try --split all.")
