@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from latentz import bundle, evaluation
 from latentz.cli import app
 from latentz.config import ModelConfig, save_json
-from latentz.data import load_dataset, write_idx
+from latentz.data import DatasetError, load_dataset, resolve_named, write_idx
 from latentz.evaluation import evaluate
 from latentz.models import VAE, save_weights
 
@@ -241,6 +242,41 @@ def test_cli_keeps_the_held_out_split_for_the_models_own_data(
     report = json.loads(result.stdout)
     assert report["split"] == "test" and "held out" in report["split_reason"]
     assert "held-out 10% of 9000" in report["split_note"]
+
+
+@pytest.fixture(scope="module")
+def fashion_train() -> Path:
+    """Fashion-MNIST's training file (Debian's dataset-fashion-mnist or $LATENTZ_DATA), when installed."""
+    try:
+        return resolve_named("fashion-mnist")[0]
+    except DatasetError as error:
+        pytest.skip(str(error))
+
+
+def test_cli_tells_the_training_file_from_a_lookalike(
+    tmp_path: Path, fashion_train: Path, mnist_path: Path
+) -> None:
+    """fashion-z10 was trained on `fashion-mnist`, whose train-images-idx3-ubyte.gz has the name and
+    image count of MNIST's own: only a copy of the very file counts as its training data."""
+    lookalike = tmp_path / "digits" / fashion_train.name
+    lookalike.parent.mkdir()
+    digits = load_dataset(f"idx:{mnist_path}", split="all").images[..., 0]
+    write_idx(lookalike, np.resize(digits, (60_000, 28, 28)), compress=False)  # sniffed, not named
+    copy = tmp_path / "copy" / fashion_train.name
+    copy.parent.mkdir()
+    shutil.copy(fashion_train, copy)
+    reports = {
+        name: json.loads(
+            CliRunner()
+            .invoke(app, ["eval", "fashion-z10", "--data", f"idx:{path}", "--json", "--limit", "4"])
+            .stdout
+        )
+        for name, path in (("lookalike", lookalike), ("copy", copy))
+    }
+    assert (
+        reports["lookalike"]["split"] == "all" and "not the data set" in reports["lookalike"]["split_reason"]
+    )
+    assert reports["copy"]["split"] == "test" and "held-out 10% of 60000" in reports["copy"]["split_note"]
 
 
 def test_cli_says_the_default_data_came_from_the_card(

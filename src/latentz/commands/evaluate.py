@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from latentz.bundle import TRAIN_CONFIG_FILE, BundleInfo, training_val_fraction
+from latentz.bundle import TRAIN_CONFIG_FILE, BundleInfo, sha256_file, training_val_fraction
 
 
 def _fail(message: str) -> typer.Exit:
@@ -17,33 +17,46 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _named_file(spec: str) -> tuple[str, str]:
-    """(kind, file or folder name) of a data spec, without reading it; a named set is its training
-    file, so `mnist` and `idx:.../train-images-idx3-ubyte.gz` compare equal."""
-    from latentz.data import DatasetError, parse_spec, resolve_named
+def _location(spec: str) -> tuple[str, Path]:
+    """("idx" or "folder", the file or folder) a data spec reads; a named set is its training file."""
+    from latentz.data import parse_spec, resolve_named
 
     kind, argument = parse_spec(spec)
     if kind == "named":
-        try:
-            return "idx", resolve_named(argument)[0].name
-        except DatasetError:
-            return "named", argument
-    return kind, Path(argument).expanduser().name
+        return "idx", resolve_named(argument)[0]
+    return kind, Path(argument).expanduser()
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """The same file, or a byte-for-byte copy (MNIST and Fashion-MNIST share names and sizes)."""
+    if first.resolve() == second.resolve():
+        return True
+    return first.stat().st_size == second.stat().st_size and sha256_file(first) == sha256_file(second)
 
 
 def is_training_data(spec: str, info: BundleInfo) -> bool:
-    """Whether ``spec`` names the data the model was trained on, however it is written or wherever
-    it is run from: the same spec, or a file (folder) of the same name holding as many images as
-    the card says training split into train and held-out (plus files it could not read)."""
-    from latentz.data import DatasetError, describe
+    """Whether ``spec`` names the data the model was trained on, however it is written.
 
-    trained = info.card.get("data")
+    A named set in the card (`mnist`) resolves to one file wherever it is run, and so does a card's
+    file path run from where training ran: then it must be that file, or a copy of it. Elsewhere a
+    card's path means nothing, so the same file (or folder) name holding as many images as training
+    split into train and held-out will do.
+    """
+    from latentz.data import DatasetError, describe, parse_spec
+
+    trained = str(info.card.get("data") or "")
     if not trained:
         return False
-    if spec.strip() == str(trained).strip():
+    if spec.strip() == trained.strip():
         return True
     try:
-        if _named_file(spec) != _named_file(str(trained)):
+        kind, path = _location(spec)
+        trained_kind, trained_path = _location(trained)
+        if kind != trained_kind:
+            return False
+        if parse_spec(trained)[0] == "named" or (kind == "idx" and trained_path.is_file()):
+            return _same_file(path, trained_path)
+        if path.name != trained_path.name:
             return False
         count = describe(spec)["count"]
     except (DatasetError, OSError, ValueError):
@@ -114,7 +127,7 @@ def register(app: typer.Typer) -> None:
         problem = missing_training_modules("latentz eval", {"torch": "to run the model's weights"})
         if problem:
             raise _fail(f"{problem}.")
-        from latentz.bundle import BundleError, read_bundle, sha256_file
+        from latentz.bundle import BundleError, read_bundle
         from latentz.config import ConfigError
         from latentz.data import DatasetError, load_dataset
 
