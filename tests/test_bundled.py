@@ -47,7 +47,10 @@ def test_models_lists_every_shipped_bundle() -> None:
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     for name in SHIPPED:
         assert rows[name]["exported"] is True
-        assert rows[name]["fingerprint"] == bundle.read_card(shipped(name))["fingerprint"][:16]
+        card = bundle.read_card(shipped(name))
+        assert rows[name]["fingerprint"] == card["fingerprint"]
+        assert rows[name]["short_fingerprint"] == card["fingerprint"][:8]
+        assert rows[name]["where"] == "packaged"
 
 
 def test_mnist_z10_on_held_out_digits_beats_the_original_demo_by_far(mnist_path: Path) -> None:

@@ -66,7 +66,7 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory, mnist_path: Path) 
     result = torchrun(2, ["train", "--data", f"idx:{mnist_path}", "-o", str(out), *TRAIN_FLAGS], out.parent)
     assert result.returncode == 0, result.stderr[-8000:]
     # Only rank 0 talks: one summary line, not two.
-    assert result.stdout.count("wrote bundle") == 1, result.stdout
+    assert result.stdout.count("Wrote the bundle") == 1, result.stdout
     return out
 
 

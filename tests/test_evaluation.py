@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_MNIST, make_digits
 from typer.testing import CliRunner
 
 from latentz import bundle, evaluation
 from latentz.cli import app
 from latentz.config import ModelConfig, save_json
-from latentz.data import load_dataset
+from latentz.data import DatasetError, load_dataset, resolve_named, write_idx
 from latentz.evaluation import evaluate
 from latentz.models import VAE, save_weights
 
@@ -201,6 +203,91 @@ def test_cli_table_states_grey_level(tiny_bundle: Path, idx_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "grey-level" in result.stdout and "not binarized" in result.stdout
     assert "negative ELBO" in result.stdout
+
+
+def test_cli_evaluates_a_file_it_is_given_whole(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A file the user names, with no training file beside it, is not cut down to a 10% split."""
+    named = tmp_path / "my-digits-images-idx3-ubyte.gz"
+    write_idx(named, make_digits(50, seed=7)[0])
+    report = json.loads(
+        CliRunner().invoke(app, ["eval", str(tiny_bundle), "--data", f"idx:{named}", "--json"]).stdout
+    )
+    assert report["n_images"] == 50 and report["split"] == "all"
+    assert (
+        "Every image" in report["split_reason"]
+        and "not the data set tiny was trained on" in report["split_reason"]
+    )
+    table = CliRunner().invoke(app, ["eval", str(tiny_bundle), "--data", f"idx:{named}"])
+    assert table.exit_code == 0 and "Every image of" in " ".join(table.stdout.split())
+    asked = CliRunner().invoke(
+        app, ["eval", str(tiny_bundle), "--data", f"idx:{named}", "--split", "val", "--json"]
+    )
+    assert json.loads(asked.stdout)["n_images"] == 5
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "a copy elsewhere"])
+def test_cli_keeps_the_held_out_split_for_the_models_own_data(
+    mnist_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """mnist-z10's own digits, however they are named, give the 900 it held out, never all 9,000."""
+    path = mnist_path.resolve()
+    if spelling == "a copy elsewhere":
+        path = tmp_path / "copy" / REAL_MNIST.name
+        path.parent.mkdir()
+        path.write_bytes(mnist_path.read_bytes())
+    monkeypatch.chdir(tmp_path)  # the card's relative path does not resolve from here
+    result = CliRunner().invoke(
+        app, ["eval", "mnist-z10", "--data", f"idx:{path}", "--json", "--limit", "20"]
+    )
+    report = json.loads(result.stdout)
+    assert report["split"] == "test" and "held out" in report["split_reason"]
+    assert "held-out 10% of 9000" in report["split_note"]
+
+
+@pytest.fixture(scope="module")
+def fashion_train() -> Path:
+    """Fashion-MNIST's training file (Debian's dataset-fashion-mnist or $LATENTZ_DATA), when installed."""
+    try:
+        return resolve_named("fashion-mnist")[0]
+    except DatasetError as error:
+        pytest.skip(str(error))
+
+
+def test_cli_tells_the_training_file_from_a_lookalike(
+    tmp_path: Path, fashion_train: Path, mnist_path: Path
+) -> None:
+    """fashion-z10 was trained on `fashion-mnist`, whose train-images-idx3-ubyte.gz has the name and
+    image count of MNIST's own: only a copy of the very file counts as its training data."""
+    lookalike = tmp_path / "digits" / fashion_train.name
+    lookalike.parent.mkdir()
+    digits = load_dataset(f"idx:{mnist_path}", split="all").images[..., 0]
+    write_idx(lookalike, np.resize(digits, (60_000, 28, 28)), compress=False)  # sniffed, not named
+    copy = tmp_path / "copy" / fashion_train.name
+    copy.parent.mkdir()
+    shutil.copy(fashion_train, copy)
+    reports = {
+        name: json.loads(
+            CliRunner()
+            .invoke(app, ["eval", "fashion-z10", "--data", f"idx:{path}", "--json", "--limit", "4"])
+            .stdout
+        )
+        for name, path in (("lookalike", lookalike), ("copy", copy))
+    }
+    assert (
+        reports["lookalike"]["split"] == "all" and "not the data set" in reports["lookalike"]["split_reason"]
+    )
+    assert reports["copy"]["split"] == "test" and "held-out 10% of 60000" in reports["copy"]["split_note"]
+
+
+def test_cli_says_the_default_data_came_from_the_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mnist-z10's card names its digits relative to the repository; elsewhere the error says so."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "mnist-z10", "--json"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "mnist-z10's card" in result.output and "pass --data SPEC" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_cli_errors_are_one_clear_line(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,11 +21,13 @@ from latentz import bundle
 from latentz.cli import app
 from latentz.commands.train import build_config
 from latentz.config import ConfigError, ModelConfig, TrainConfig, replace
-from latentz.models import load_model
+from latentz.data import load_dataset
+from latentz.models import build_model, load_model
 from latentz.training import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
     METRICS_FILE,
+    VAL_NOISE_SEED,
     TrainingError,
     augment_batch,
     kl_weight_at,
@@ -116,6 +121,85 @@ def test_the_run_folder_is_a_complete_bundle(trained: Path) -> None:
     model = load_model(trained)
     assert model.config == ModelConfig(**json.loads((trained / bundle.CONFIG_FILE).read_text()))
     assert card["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+# -- what a run shows ------------------------------------------------------------------------------
+def _neg_elbo_by_hand(model: torch.nn.Module, images: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """-ELBO per image of a gaussian-learned VAE, the density and the KL written out in numpy:
+    0.5 ((x - mu) / s)^2 + log s + 0.5 log 2 pi per pixel, 0.5 (m^2 + v - 1 - log v) per latent."""
+    x = images.transpose(0, 3, 1, 2).astype(np.float64) / 255.0
+    with torch.no_grad():
+        mean, logvar = (t.double().numpy() for t in model.encode(torch.from_numpy(x).float()))
+        z = mean + noise * np.exp(0.5 * logvar)
+        out = model.decode(torch.from_numpy(z).float()).double().numpy()
+        scale = np.exp(model.log_scale.double().numpy()).reshape(1, -1, 1, 1)
+    per_pixel = 0.5 * ((x - out) / scale) ** 2 + np.log(scale) + 0.5 * math.log(2 * math.pi)
+    kl = 0.5 * (mean**2 + np.exp(logvar) - 1.0 - logvar)
+    return per_pixel.reshape(len(x), -1).sum(1) + kl.reshape(len(x), -1).sum(1)
+
+
+def _bits_per_dim_by_hand(nats: float, dims: int) -> float:
+    """A density on [0, 1] times the 1/256 bin of an 8-bit level, in bits per dimension."""
+    return (nats + dims * math.log(256)) / (dims * math.log(2))
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.mark.slow
+def test_the_bar_and_epoch_lines_show_the_elbo_an_independent_computation_gives(
+    tmp_path: Path, mnist_spec: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A few steps on 32 real digits: the bar, the train and the val figures are one quantity (the
+    true -ELBO per image, beta = 1, in nats and in bits/dim), not the beta-weighted loss, and they
+    equal that quantity computed here from the weights, the seeds and the formulas. (The bar used
+    to show the weighted loss of one batch, the epoch line -ELBO without saying per what.)"""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich draws its bar as on a terminal
+    monkeypatch.setenv("COLUMNS", "250")
+    model_config = replace(TINY, likelihood="gaussian-learned")
+    config = TrainConfig(
+        data=mnist_spec, model=model_config, epochs=2, batch_size=32, max_train_images=32, beta=2.0, seed=5
+    )
+    out = train(config, tmp_path / "run", progress=True)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().err)
+    dims = model_config.num_pixels
+
+    epochs = re.findall(
+        r"epoch (\d)/2  -ELBO per image: train (-?[\d,.]+) nats = ([\d.]+) bits/dim, "
+        r"val (-?[\d,.]+) nats = ([\d.]+) bits/dim",
+        shown,
+    )
+    assert [row[0] for row in epochs] == ["1", "2"], shown
+    (_, train_1, train_bits_1, _, _), (_, train_2, _, val_2, val_bits_2) = epochs
+    bar = re.findall(r"-ELBO (-?[\d,.]+) nats/image = ([\d.]+) bits/dim", shown)
+    assert bar, shown
+    rows = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+
+    # Epoch 1 is one batch of all 32 training digits at the initial weights: replay its seeded draws.
+    torch.manual_seed(config.seed)
+    initial = build_model(model_config).train()
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(config.seed)).numpy()
+    digits = load_dataset(mnist_spec, split="train", limit=32).images[order]
+    noise = torch.randn(32, model_config.latent_dim).double().numpy()
+    expected_train_1 = float(_neg_elbo_by_hand(initial, digits, noise).mean())
+    assert _number(train_1) == pytest.approx(expected_train_1, abs=0.02)
+    assert float(train_bits_1) == pytest.approx(_bits_per_dim_by_hand(expected_train_1, dims), abs=2e-4)
+
+    # The last validation: the bundle's weights on the 4 held-out digits, with validation's fixed noise.
+    final = load_model(out).eval()
+    held_out = load_dataset(mnist_spec, split="val", limit=4).images
+    val_noise = torch.randn(
+        (4, model_config.latent_dim), generator=torch.Generator().manual_seed(VAL_NOISE_SEED)
+    )
+    expected_val = float(_neg_elbo_by_hand(final, held_out, val_noise.double().numpy()).mean())
+    assert _number(val_2) == pytest.approx(expected_val, abs=0.02)
+    assert float(val_bits_2) == pytest.approx(_bits_per_dim_by_hand(expected_val, dims), abs=2e-4)
+
+    # The bar ends on the epoch's train figure (the mean -ELBO, not the beta-weighted loss), sign included.
+    assert _number(bar[-1][0]) == pytest.approx(_number(train_2), abs=0.06)
+    assert _number(bar[-1][0]) == pytest.approx(rows[-1]["train_neg_elbo"], abs=0.06)
+    assert "density on [0, 1]" in shown and "bits/dim" in shown
 
 
 # -- resume -------------------------------------------------------------------------------------
@@ -304,7 +388,7 @@ def test_cli_trains_a_bundle_end_to_end(tmp_path: Path, mnist_spec: str) -> None
     env = {**os.environ, "LATENTZ_MODELS": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "latentz", *args], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    assert "wrote bundle" in result.stdout
+    assert result.stdout.startswith(f"Wrote the bundle {out}: on its ")
     card = bundle.read_card(out)
     assert card["command"] == ["latentz", *args]
     assert json.loads((out / bundle.CONFIG_FILE).read_text())["latent_dim"] == 3

@@ -19,14 +19,20 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def main(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """Train image VAEs, explore their latent space, and use them as a learned codec."""
-    if version:
+def _print_version(wanted: bool) -> None:
+    """Eager, so `latentz --version` answers before click asks for a command."""
+    if wanted:
         typer.echo(f"latentz {latentz.__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Train image VAEs, explore their latent space, and use them as a learned codec."""
 
 
 def _register_all() -> None:

@@ -50,6 +50,7 @@ from latentz import bundle, distributed, export
 from latentz.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from latentz.data import load_dataset
 from latentz.distributed import Context, ShardObjective
+from latentz.evaluation import CONTINUOUS_LIKELIHOODS, bits_per_dim
 from latentz.folder_cache import ImageRows
 from latentz.metrics import psnr_per_image
 from latentz.models import VAE, build_model, count_parameters, save_weights
@@ -365,17 +366,51 @@ def _check_resumable(saved: TrainConfig, wanted: TrainConfig, done_epochs: int) 
 
 
 # -- the loop ---------------------------------------------------------------------------------
-class _Progress:
-    """A rich progress bar on a terminal (with images/s and ETA), one summary line per epoch."""
+def describe_figures(config: TrainConfig) -> str:
+    """What the progress bar and the epoch lines report, said once before the first epoch."""
+    model = config.model
+    text = (
+        "Figures: the negative ELBO (beta = 1, as `latentz eval` reports it) per image in nats, and "
+        "in bits per dimension of the 8-bit pixels. The bar and each epoch's train figure are means "
+        "over that epoch's batches so far, taken while the weights change; val is measured after the epoch."
+    )
+    if model.likelihood in CONTINUOUS_LIKELIHOODS:
+        text += (
+            f" A {model.likelihood} likelihood is a density on [0, 1], so its nats per image drop below "
+            "zero once the model fits well; bits/dim add ln 256 nats per dimension (the chance of each "
+            "8-bit level) and stay above zero."
+        )
+    if config.crop_size is not None and config.crop_size < model.image_size:
+        text += (
+            f" Training sees {config.crop_size}x{config.crop_size} crops, so train nats are per crop and "
+            f"val nats per {model.image_size}x{model.image_size} image: compare them in bits/dim."
+        )
+    return text
 
-    def __init__(self, enabled: bool, total_images: int, done_images: int) -> None:
+
+class _Progress:
+    """A rich progress bar on a terminal (with images/s and ETA), one summary line per epoch.
+
+    Both show the same quantity, the true (beta = 1) negative ELBO per image in nats and in bits
+    per dimension: the bar its running mean over the epoch, the epoch line the whole epoch's mean
+    beside the validation figure. The bar used to show the weighted loss of a single batch, which
+    for two-image photo batches jumped by thousands of nats from one step to the next.
+    """
+
+    def __init__(self, enabled: bool, total_images: int, done_images: int, config: TrainConfig) -> None:
         self.enabled = enabled
         self.bar = None
         if not enabled:
             return
         from rich.console import Console
 
+        model = config.model
+        side = model.image_size if config.crop_size is None else min(config.crop_size, model.image_size)
+        self.train_dims = model.channels * side * side
+        self.val_dims = model.num_pixels
+        self.likelihood = model.likelihood
         self.console = Console(stderr=True)
+        self.console.print(describe_figures(config), highlight=False, soft_wrap=True)
         if self.console.is_terminal:
             from rich.progress import (
                 BarColumn,
@@ -390,27 +425,38 @@ class _Progress:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:>7.0f} img/s  loss {task.fields[loss]:.2f}"),
+                TextColumn("{task.fields[rate]:>7.0f} img/s  {task.fields[figure]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=self.console,
             )
             self.task = self.bar.add_task(
-                "training", total=total_images, completed=done_images, rate=0.0, loss=float("nan")
+                "training",
+                total=total_images,
+                completed=done_images,
+                rate=0.0,
+                figure="-ELBO after the first batch",
             )
             self.bar.start()
 
-    def update(self, description: str, advance: int, rate: float, loss: float) -> None:
+    def update(self, description: str, advance: int, rate: float, neg_elbo_so_far: float) -> None:
+        """``neg_elbo_so_far``: the epoch's mean -ELBO per image over the batches done so far."""
         if self.bar is not None:
-            self.bar.update(self.task, description=description, advance=advance, rate=rate, loss=loss)
+            bits = bits_per_dim(neg_elbo_so_far, self.train_dims, self.likelihood)
+            figure = f"-ELBO {neg_elbo_so_far:,.1f} nats/image = {bits:.3f} bits/dim"
+            self.bar.update(self.task, description=description, advance=advance, rate=rate, figure=figure)
 
     def epoch_done(self, row: dict[str, Any], epochs: int) -> None:
         if self.enabled:
             self.console.print(
-                f"epoch {row['epoch']}/{epochs}  train -ELBO {row['train_neg_elbo']:.2f}  "
-                f"val -ELBO {row['val_neg_elbo']:.2f}  KL {row['val_kl']:.2f}  "
-                f"PSNR {row['val_psnr']:.2f} dB  {row['images_per_s']:.0f} img/s",
+                f"epoch {row['epoch']}/{epochs}  -ELBO per image: "
+                f"train {row['train_neg_elbo']:,.2f} nats = "
+                f"{bits_per_dim(row['train_neg_elbo'], self.train_dims, self.likelihood):.4f} bits/dim, "
+                f"val {row['val_neg_elbo']:,.2f} nats = "
+                f"{bits_per_dim(row['val_neg_elbo'], self.val_dims, self.likelihood):.4f} bits/dim "
+                f"(val KL {row['val_kl']:,.2f} nats)  PSNR {row['val_psnr']:.2f} dB  "
+                f"{row['images_per_s']:.0f} img/s",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -629,7 +675,7 @@ def _train_epoch(
         sums["kl"] += kl
         done = index * config.batch_size + len(x)
         rate = done / max(time.perf_counter() - started, 1e-9)
-        bar.update(f"epoch {epoch + 1}/{config.epochs}", len(x), rate, loss_value)
+        bar.update(f"epoch {epoch + 1}/{config.epochs}", len(x), rate, sums["neg_elbo"] / done)
     return sums
 
 
@@ -721,7 +767,10 @@ def _train(
     context.run_on_main(lambda: _start_folder(out_dir, config, history))
     end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
     bar = _Progress(
-        progress and context.is_main, total_images=n_train * end_epoch, done_images=n_train * start_epoch
+        progress and context.is_main,
+        total_images=n_train * end_epoch,
+        done_images=n_train * start_epoch,
+        config=config,
     )
     step = _sharded_step(model, context) if context.distributed else _local_step(model, context.device)
     model.train()

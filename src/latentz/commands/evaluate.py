@@ -4,14 +4,70 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import typer
 
+from latentz.bundle import TRAIN_CONFIG_FILE, BundleInfo, sha256_file, training_val_fraction
+
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def _location(spec: str) -> tuple[str, Path]:
+    """("idx" or "folder", the file or folder) a data spec reads; a named set is its training file."""
+    from latentz.data import parse_spec, resolve_named
+
+    kind, argument = parse_spec(spec)
+    if kind == "named":
+        return "idx", resolve_named(argument)[0]
+    return kind, Path(argument).expanduser()
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """The same file, or a byte-for-byte copy (MNIST and Fashion-MNIST share names and sizes)."""
+    if first.resolve() == second.resolve():
+        return True
+    return first.stat().st_size == second.stat().st_size and sha256_file(first) == sha256_file(second)
+
+
+def is_training_data(spec: str, info: BundleInfo) -> bool:
+    """Whether ``spec`` names the data the model was trained on, however it is written.
+
+    A named set in the card (`mnist`) resolves to one file wherever it is run, and so does a card's
+    file path run from where training ran: then it must be that file, or a copy of it. Elsewhere a
+    card's path means nothing, so the same file (or folder) name holding as many images as training
+    split into train and held-out will do.
+    """
+    from latentz.data import DatasetError, describe, parse_spec
+
+    trained = str(info.card.get("data") or "")
+    if not trained:
+        return False
+    if spec.strip() == trained.strip():
+        return True
+    try:
+        kind, path = _location(spec)
+        trained_kind, trained_path = _location(trained)
+        if kind != trained_kind:
+            return False
+        if parse_spec(trained)[0] == "named" or (kind == "idx" and trained_path.is_file()):
+            return _same_file(path, trained_path)
+        if path.name != trained_path.name:
+            return False
+        count = describe(spec)["count"]
+    except (DatasetError, OSError, ValueError):
+        return False
+    card = info.card
+    expected = int(card.get("n_train", -1)) + int(card.get("n_val", 0)) + int(card.get("skipped_files", 0))
+    try:
+        limited = bool(json.loads((info.path / TRAIN_CONFIG_FILE).read_text()).get("max_train_images"))
+    except (OSError, ValueError, AttributeError):
+        limited = False
+    return count >= expected if limited else count == expected
 
 
 def _json_safe(value: Any) -> Any:
@@ -19,6 +75,28 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def choose_split(split: str | None, data: str | None, info: BundleInfo) -> tuple[str, str]:
+    """The split to evaluate and why, in words for the report.
+
+    Data a user names is evaluated whole, unless it is the model's own training data: then only
+    the images training held out, since the rest would flatter the model.
+    """
+    if split is not None:
+        return split, f"The {split} split, as --split asked."
+    if data is None:
+        return "test", f"These are images {info.name} never saw in training (its own data; no --data given)."
+    if is_training_data(data, info):
+        return "test", (
+            f"{data} is the data {info.name} was trained on, so only the images training held out are "
+            f"evaluated; --split all evaluates every image, training images included."
+        )
+    trained = info.card.get("data") or "none"
+    return "all", (
+        f"Every image of {data} is evaluated: it is not the data set {info.name} was trained on "
+        f"({trained}); --split val evaluates a {training_val_fraction(info.path):.0%} split instead."
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +108,12 @@ def register(app: typer.Typer) -> None:
             "--data",
             help="Data spec (mnist, fashion-mnist, idx:PATH, folder:DIR); default: the model's.",
         ),
-        split: str = typer.Option("test", "--split", help="train, val, test or all."),
+        split: str | None = typer.Option(
+            None,
+            "--split",
+            help="train, val, test or all. Default: the images the model never saw when --data is "
+            "its own training data (or is not given), else all of --data.",
+        ),
         iwae: int | None = typer.Option(
             None, "--iwae", min=1, help="Also compute the IWAE bound with K importance samples."
         ),
@@ -39,7 +122,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
     ) -> None:
         """Evaluate a model: negative ELBO (+ IWAE), bits/dim, PSNR, SSIM and active units per image."""
-        from latentz.bundle import BundleError, read_bundle, sha256_file, training_val_fraction
+        from latentz.commands.train import missing_training_modules
+
+        problem = missing_training_modules("latentz eval", {"torch": "to run the model's weights"})
+        if problem:
+            raise _fail(f"{problem}.")
+        from latentz.bundle import BundleError, read_bundle
         from latentz.config import ConfigError
         from latentz.data import DatasetError, load_dataset
 
@@ -49,12 +137,18 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(error)) from None
         weights = info.path / "weights.safetensors"
         if not weights.is_file():
-            raise _fail(f"{info.path} has no weights.safetensors; evaluation needs the torch weights")
+            raise _fail(f"{info.path} has no weights.safetensors, and evaluation needs the torch weights.")
         if info.fingerprint and sha256_file(weights) != info.fingerprint:
-            raise _fail(f"{weights} does not match the fingerprint in card.json (corrupt or replaced)")
+            raise _fail(
+                f"{weights} does not match the fingerprint in its card.json: the file is damaged or was "
+                "replaced."
+            )
         spec = data or info.card.get("data")
         if not spec:
-            raise _fail("the model's card names no data set; pass --data")
+            raise _fail(
+                f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC."
+            )
+        split, reason = choose_split(split, data, info)
         config = info.config
         try:
             images = load_dataset(
@@ -66,9 +160,14 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
             )
         except DatasetError as error:
+            if data is None:  # the card's spec, often a path relative to where training ran
+                raise _fail(
+                    f"{error}. That data spec comes from {info.name}'s card ({info.path / 'card.json'}), "
+                    f"read from {Path.cwd()}; pass --data SPEC to say where the images are."
+                ) from None
             raise _fail(str(error)) from None
         if len(images) == 0:
-            raise _fail(f"the {split} split of {spec} holds no images")
+            raise _fail(f"the {split} split of {spec} holds no images; try --split all.")
 
         from latentz.evaluation import evaluate
         from latentz.models import load_model
@@ -76,9 +175,17 @@ def register(app: typer.Typer) -> None:
         try:
             vae = load_model(info.path)
         except (RuntimeError, OSError, ValueError) as error:
-            raise _fail(f"could not load the weights of {info.path}: {error}") from None
+            raise _fail(f"the weights of {info.path} could not be loaded ({error}).") from None
         results = evaluate(vae, images.images, iwae_samples=iwae, seed=seed)
-        results.update({"data": spec, "split": split, "split_note": images.source_note, "model": info.name})
+        results.update(
+            {
+                "data": spec,
+                "split": split,
+                "split_note": images.source_note,
+                "split_reason": reason,
+                "model": info.name,
+            }
+        )
         if as_json:
             typer.echo(json.dumps({key: _json_safe(value) for key, value in results.items()}))
             return
@@ -114,4 +221,5 @@ def _print_table(results: dict[str, Any]) -> None:
         table.add_row(*(escape(cell) for cell in row))
     console = Console()
     console.print(table)
+    console.print(escape(results["split_reason"]))
     console.print(escape(f"Pixels: {results['pixels']}. Bits/dim: {results['bits_per_dim_note']}."))

@@ -11,6 +11,7 @@ machines) and shares it, and only rank 0 prints.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -63,6 +64,41 @@ PHOTO_DEFAULTS: dict[str, Any] = {
 #: Written by latentz.training into every run folder (named here to keep --help free of torch).
 SAVED_CONFIG_FILE = "train_config.json"
 
+#: What training imports beyond the base install, and what for: the base install serves and codes
+#: without any of them, so a user may well have none.
+TRAINING_MODULES = {
+    "torch": "to train",
+    "onnx": "to write the bundle's ONNX files when training ends",
+    "onnxscript": "to write the bundle's ONNX files when training ends",
+}
+TRAIN_EXTRA_INSTALL = (
+    "pip install 'latentz[train]' (from a clone of the repository: pip install -e '.[train]')"
+)
+
+
+def missing_training_modules(
+    what: str = "latentz train", modules: dict[str, str] = TRAINING_MODULES
+) -> str | None:
+    """A sentence naming what cannot be imported and how to install it, or None when all can.
+
+    The modules are imported, not just looked up, so a broken install is caught too, and before
+    the first epoch: the ONNX exporter is otherwise first imported after the last one.
+    """
+    missing, reasons = [], []
+    for name, purpose in modules.items():
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            missing.append(f"{name} ({purpose})")
+            reasons.append(str(error))
+    if not missing:
+        return None
+    needed = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+    return (
+        f"{what} needs {needed}, which cannot be imported here: {'; '.join(reasons)}. "
+        f"Install what training needs with {TRAIN_EXTRA_INSTALL}"
+    )
+
 
 def is_photo_spec(spec: str) -> bool:
     """Folders of photos get colour defaults; everything else (IDX digit/fashion files) grey ones."""
@@ -73,9 +109,9 @@ def parse_widths(text: str) -> list[int]:
     try:
         widths = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers like 32,64, got {text!r}") from None
+        raise typer.BadParameter(f"expected comma-separated integers like 32,64, but got {text!r}.") from None
     if not widths:
-        raise typer.BadParameter("give at least one width, e.g. 32,64")
+        raise typer.BadParameter("give at least one width, for example 32,64.")
     return widths
 
 
@@ -83,11 +119,13 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"the config file {path} does not exist.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"config file {path} is not readable JSON: {error}") from None
+        raise ConfigError(f"the config file {path} is not readable JSON ({error}).") from None
     if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
-        raise ConfigError(f"config file {path} must hold a JSON object (a TrainConfig, 'model' an object)")
+        raise ConfigError(
+            f"the config file {path} must hold a JSON object (a TrainConfig, its 'model' an object too)."
+        )
     return data
 
 
@@ -107,7 +145,8 @@ def build_config(
     spec = data or from_file.get("data") or (base or {}).get("data")
     if not spec:
         raise ConfigError(
-            "no data: pass --data SPEC (mnist, fashion-mnist, idx:PATH, folder:DIR) or set 'data' in --config"
+            "no data set was given: pass --data SPEC (mnist, fashion-mnist, idx:PATH or folder:DIR) or "
+            "set 'data' in the --config file."
         )
     kind_defaults = PHOTO_DEFAULTS if is_photo_spec(str(spec)) else GREY_DEFAULTS
     defaults = base if base is not None else kind_defaults
@@ -124,7 +163,7 @@ def build_config(
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:  # a value of the wrong JSON type, e.g. "widths": "abc"
-        raise ConfigError(f"invalid configuration: {error}") from None
+        raise ConfigError(f"the config file or the flags give an invalid configuration: {error}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -233,6 +272,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train a VAE and write a model bundle (weights, config, card, plots) into --out."""
+        problem = missing_training_modules("latentz train")
+        if problem:
+            _fail(f"{problem}. Nothing was trained.")
         run_flags = {
             "epochs": epochs,
             "batch_size": batch_size,
@@ -281,21 +323,35 @@ def register(app: typer.Typer) -> None:
             _fail(str(error))
         except KeyboardInterrupt:
             _fail(
-                f"interrupted; the last finished epoch is checkpointed: continue with "
-                f"`latentz train -o {out} --resume`",
+                f"interrupted. The last finished epoch is checkpointed: continue with "
+                f"`latentz train -o {out} --resume`.",
                 code=130,
             )
         if not is_main_process():
             return
         if not (bundle_dir / "card.json").is_file():
-            typer.echo(f"stopped early; checkpoint in {bundle_dir / 'checkpoint'}", err=True)
+            typer.echo(
+                f"Stopped before the last epoch; the checkpoint is in {bundle_dir / 'checkpoint'}: continue "
+                f"with `latentz train -o {out} --resume`.",
+                err=True,
+            )
             return
         card = json.loads((bundle_dir / "card.json").read_text())
-        metrics = card["metrics"]
-        typer.echo(
-            f"wrote bundle {bundle_dir}: val -ELBO {metrics['neg_elbo']:.2f} nats, "
-            f"PSNR {metrics['psnr']:.2f} dB, {card['images_per_s']:.0f} images/s, {card['wall_time_s']:.0f} s"
-        )
+        typer.echo(finished_sentence(bundle_dir, card))
+
+
+def finished_sentence(bundle_dir: Path, card: dict[str, Any]) -> str:
+    """The last line of a run: where the bundle is and its held-out figures, as the epoch lines give them."""
+    from latentz.evaluation import bits_per_dim
+
+    metrics, model = card["metrics"], json.loads((bundle_dir / "config.json").read_text())
+    dims = model["channels"] * model["image_size"] ** 2
+    bits = bits_per_dim(metrics["neg_elbo"], dims, model["likelihood"])
+    return (
+        f"Wrote the bundle {bundle_dir}: on its {card['n_val']} validation images -ELBO "
+        f"{metrics['neg_elbo']:,.2f} nats per image = {bits:.4f} bits/dim, PSNR {metrics['psnr']:.2f} dB. "
+        f"Trained at {card['images_per_s']:,.0f} images/s in {card['wall_time_s']:,.0f} s."
+    )
 
 
 def is_main_process() -> bool:
