@@ -297,6 +297,22 @@ def test_a_head_sent_in_pieces_within_the_timeout_is_served() -> None:
         assert answer.startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_request_the_http_layer_cannot_parse_is_a_json_400_with_the_security_headers(
+    live_server: LiveServer,
+) -> None:
+    for request in (
+        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
+        b"NOT AN HTTP REQUEST\r\n\r\n",
+    ):
+        with connect(live_server) as connection:
+            connection.sendall(request)
+            head, _, body = read_until_closed(connection).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        for name, value in SECURITY_HEADERS.items():
+            assert f"{name}: {value}".encode() in head
+        assert json.loads(body)["code"] == "bad_request"
+
+
 # -- bodies refused before they are read ----------------------------------------------------------
 def push_until_closed(connection: socket.socket, piece: bytes) -> tuple[bytes, int, bool]:
     """Keep sending ``piece`` while reading the answer, until the server closes or the cap is hit.

@@ -39,21 +39,23 @@ LINGER_BYTES = 4 * 1024 * 1024
 """How long, and how much of an unread body, a closing connection keeps reading before it closes."""
 
 
-def header_timeout_answer(timeout_s: float) -> bytes:
-    """The raw 408 for a request head that did not arrive in time (the app never saw the request)."""
-    body = json.dumps(
-        {
-            "error": f"request headers incomplete after {timeout_s:g} s; send the whole request head at once",
-            "code": "timeout",
-            "status": 408,
-        }
-    ).encode()
+def connection_error(status: int, code: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of an error the HTTP layer answers itself (the app never saw the request),
+    in the API's JSON shape and with the security headers, like every other answer."""
+    body = json.dumps({"error": message, "code": code, "status": status}, separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
         *SecurityHeaders.HEADERS,
     ]
+    return headers, body
+
+
+def header_timeout_answer(timeout_s: float) -> bytes:
+    """The raw 408 for a request head that did not arrive in time."""
+    message = f"request headers incomplete after {timeout_s:g} s; send the whole request head at once"
+    headers, body = connection_error(408, "timeout", message)
     lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     return b"HTTP/1.1 408 Request Timeout\r\n" + lines + b"\r\n" + body
 
@@ -130,6 +132,18 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (uvicorn answers text/plain): the API's JSON error instead."""
+        message = "malformed HTTP request: the request line or headers cannot be parsed (or are over 16 KiB)"
+        headers, body = connection_error(400, "bad_request", message)
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+        ):
+            self.transport.write(self.conn.send(event))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
 
     def close_connection(self) -> None:
         """Close the connection; while the client is still sending a body, linger first."""
