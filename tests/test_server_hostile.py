@@ -25,6 +25,7 @@ import pytest
 from conftest import REPO, LiveServer, make_digits, running_server
 from PIL import Image
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from latentz import imaging, runtime
 from latentz.server import Limits, create_app
@@ -382,6 +383,26 @@ def test_a_cross_site_upload_is_refused_unread_and_the_connection_closed(
     assert closed, f"still reading after {sent:,} bytes"
     assert answer.startswith(b"HTTP/1.1 403 "), answer[:300]
     assert b"connection: close" in answer.partition(b"\r\n\r\n")[0].lower()
+
+
+async def answers_without_reading(scope: Scope, receive: Receive, send: Send) -> None:
+    """An ASGI app that answers every request at once, reads no body and never says Connection: close."""
+    if scope["type"] == "lifespan":
+        await receive()  # startup
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_the_protocol_closes_rather_than_drains_whatever_the_app_says(web_model: str) -> None:
+    with running_server(answers_without_reading) as live, connect(live) as connection:
+        connection.sendall(upload_head("/anything", None))
+        answer, sent, closed = push_until_closed(connection, b"10000\r\n" + bytes(65536) + b"\r\n")
+    assert closed, f"still reading after {sent:,} bytes"
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
 # -- JSON answers are rendered off the event loop --------------------------------------------------
