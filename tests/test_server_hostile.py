@@ -32,7 +32,7 @@ from latentz.server import Limits, create_app
 from latentz.server.app import render_json
 from latentz.server.assets import WEB_DIR
 from latentz.server.limits import SecurityHeaders
-from latentz.server.origins import normalise_origin
+from latentz.server.origins import normalise_host, normalise_origin
 from latentz.server.registry import RESCAN_INTERVAL_S, ModelRegistry
 
 SECURITY_HEADERS = {name.decode(): value.decode() for name, value in SecurityHeaders.HEADERS}
@@ -181,6 +181,15 @@ def test_an_allowed_origin_must_be_an_origin(value: str) -> None:
         normalise_origin(value)
 
 
+def test_allowed_hosts_are_compared_by_name() -> None:
+    assert normalise_host("Latentz.Example.org:443") == "latentz.example.org"
+    assert normalise_host("[::1]:8000") == "::1"
+    assert normalise_host("*") == "*"
+    for value in ("https://latentz.example.org", "user@host", "host:port"):
+        with pytest.raises(ValueError, match="not a host name"):
+            normalise_host(value)
+
+
 # -- the Host header (DNS rebinding) --------------------------------------------------------------
 def test_a_host_name_this_server_does_not_answer_to_is_421(
     live_server: LiveServer, client: httpx.Client, web_model: str, digit_png: bytes
@@ -210,7 +219,10 @@ def test_a_host_name_this_server_does_not_answer_to_is_421(
 
 
 def test_the_operator_adds_host_names(web_model: str) -> None:
-    with server_with(allowed_hosts=("latentz.example.org",)) as live, httpx.Client(base_url=live.url) as http:
+    with (
+        server_with(allowed_hosts=("Latentz.Example.org:8443",)) as live,
+        httpx.Client(base_url=live.url) as http,
+    ):
         assert http.get("/api/health", headers={"Host": "latentz.example.org"}).status_code == 200
         assert http.get("/api/health", headers={"Host": "LATENTZ.example.org:443"}).status_code == 200
         assert_error(http.get("/api/health", headers={"Host": "other.example.org"}), 421, "unknown_host")

@@ -82,6 +82,10 @@ def test_a_bad_allow_origin_is_refused_at_start() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode != 0
     assert "--allow-origin" in done.stderr and "https://app.example.org" in done.stderr
+    command = [sys.executable, "-m", "latentz", "serve", "--allowed-host", "https://x.example", "--port", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode != 0
+    assert "--allowed-host" in done.stderr and "not a host name" in done.stderr
 
 
 def test_default_jobs_share_the_cores_between_workers() -> None:

@@ -74,14 +74,18 @@ def register(app: typer.Typer) -> None:
         from latentz.server import Limits
         from latentz.server.app import LIMITS_ENVIRONMENT
         from latentz.server.assets import find_web_runtime
-        from latentz.server.origins import OriginError, is_ip_address, normalise_origin
+        from latentz.server.origins import OriginError, is_ip_address, normalise_host, normalise_origin
 
         try:
             origins = tuple(normalise_origin(origin) for origin in allow_origin)
         except OriginError as error:
             raise typer.BadParameter(str(error), param_hint="--allow-origin") from None
-        hosts = tuple(allowed_host)
-        if not is_ip_address(host.strip("[]")):
+        try:
+            hosts = tuple(normalise_host(name) for name in allowed_host)
+        except OriginError as error:
+            raise typer.BadParameter(str(error), param_hint="--allowed-host") from None
+        listens_on_name = bool(host) and not is_ip_address(host.strip("[]"))
+        if listens_on_name:
             hosts += (host,)  # the name it was told to listen on
         web_runtime = find_web_runtime()
         if web_runtime.error:
@@ -105,6 +109,12 @@ def register(app: typer.Typer) -> None:
             f"latentz: serving on http://{host}:{port} with {workers} worker{plural}, "
             f"{limits.max_concurrent_jobs} inference job(s) each  (API docs at http://{host}:{port}/docs)"
         )
+        if host in ("0.0.0.0", "::", "[::]") and "*" not in hosts:  # reachable by names too: say which
+            names = ", ".join(("localhost", *hosts))
+            typer.echo(
+                f"latentz: answering to IP addresses and {names}; other host names get 421 "
+                "(add them with --allowed-host NAME)"
+            )
         uvicorn.run(
             "latentz.server.app:create_app_from_environment",
             factory=True,

@@ -34,7 +34,8 @@ CROSS_SITE_VALUES = ("cross-site", "same-site")
 
 
 class OriginError(ValueError):
-    """An ``--allow-origin`` value that is not ``scheme://host[:port]``."""
+    """An ``--allow-origin`` value that is not ``scheme://host[:port]``, or an ``--allowed-host``
+    that is not a host name."""
 
 
 def normalise_origin(value: str) -> str:
@@ -71,6 +72,16 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     return name.rstrip("."), int(port_text) if port_text else None
 
 
+def normalise_host(value: str) -> str:
+    """An ``--allowed-host`` as it is compared: the name alone, lower case (``*`` stays ``*``)."""
+    if value.strip() == "*":
+        return "*"
+    parsed = split_host(value)
+    if parsed is None or any(char in parsed[0] for char in "/@ "):
+        raise OriginError(f"{value!r} is not a host name like latentz.example.org (a port is ignored)")
+    return parsed[0]
+
+
 def is_ip_address(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -91,9 +102,9 @@ class CrossSiteGuard:
         runs_network: Callable[[Scope], bool] = lambda scope: False,
     ) -> None:
         self.app = app
-        hosts = [name.strip().lower().rstrip(".") for name in allowed_hosts if name.strip()]
+        hosts = {normalise_host(name) for name in allowed_hosts if name.strip()}
         self.any_host = "*" in hosts
-        self.allowed_hosts = frozenset(DEFAULT_HOSTS) | {name.strip("[]") for name in hosts}
+        self.allowed_hosts = frozenset(DEFAULT_HOSTS) | hosts
         self.allowed_origins = frozenset(normalise_origin(origin) for origin in allowed_origins)
         self.runs_network = runs_network
 
