@@ -580,6 +580,23 @@ def test_health_shows_no_paths_and_no_process_id(client: httpx.Client, tmp_path:
         assert "npm ci" in vendor["error"] and str(tmp_path) not in vendor["error"]
 
 
+def test_a_broken_bundle_is_reported_by_name_not_by_path(
+    tmp_path: Path, web_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from latentz.bundle import read_bundle
+
+    broken = tmp_path / "models" / "broken"
+    shutil.copytree(read_bundle(web_model).path, broken)
+    (broken / "config.json").write_text("{not json")
+    monkeypatch.setenv("LATENTZ_MODELS", str(tmp_path / "models"))
+    with running_server(create_app(preload=False)) as live:
+        problems = httpx.get(f"{live.url}/api/health", timeout=30).json()["problems"]
+    assert "broken" in problems and "unreadable bundle" in problems["broken"]
+    assert str(tmp_path) not in problems["broken"], problems
+
+
 def test_wrong_content_is_explained_in_words(client: httpx.Client, web_model: str, digit_png: bytes) -> None:
     model = runtime.load(web_model)
     blob = model.compress(model.prepare(digit_png).image)
