@@ -168,14 +168,21 @@ class LiveServer:
 
 @contextlib.contextmanager
 def running_server(app) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
-    """Serve ``app`` on 127.0.0.1 (port chosen by the OS) until the block ends, then stop it."""
+    """Serve ``app`` on 127.0.0.1 (port chosen by the OS) until the block ends, then stop it.
+
+    With the HTTP protocol `latentz serve` uses (header timeout, closing after a refused body).
+    """
     import uvicorn
+
+    from latentz.server.protocol import GuardedH11Protocol
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, http=GuardedH11Protocol, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -461,7 +461,7 @@ def test_receiver_explains_corrupt_foreign_and_non_latentz_files(
     cases = [
         ("corrupt.latentz", bytes(corrupt), "Corrupt .latentz file", "checksum mismatch"),
         ("foreign.latentz", foreign, "Made by a model this server does not have", "deadbeef"),
-        ("renamed.latentz", image.getvalue(), "Not a .latentz file", "magic bytes"),
+        ("renamed.latentz", image.getvalue(), "Not a .latentz file", "not a .latentz file"),
     ]
     page.goto("/receiver")
     for name, data, title, message in cases:

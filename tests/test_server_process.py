@@ -48,19 +48,44 @@ def test_mixed_load_has_no_server_errors_and_flat_memory(web_model: str) -> None
     assert report["passed"]
 
 
-def test_several_workers_share_the_port_and_the_command_line_limits() -> None:
-    with load_test.latentz_serve("--workers", "2", "--jobs", "3", "--max-upload-mb", "2") as server:
+def test_several_workers_share_the_port_and_the_command_line_limits(web_model: str) -> None:
+    options = ["--workers", "2", "--jobs", "3", "--max-upload-mb", "2", "--header-timeout", "7"]
+    options += ["--allowed-host", "latentz.test", "--allow-origin", "https://app.example"]
+    with load_test.latentz_serve(*options) as server:
         assert len(server.pids()) >= 3  # uvicorn's supervisor and its two workers
-        answered_by: Counter[int] = Counter()
+        answered_by: Counter[str] = Counter()
         for _ in range(400):  # a new connection each time; the kernel hands them to either worker
             health = httpx.get(f"{server.url}/api/health", timeout=30).json()
-            answered_by[health["process"]] += 1
+            answered_by[health["worker"]] += 1
             assert health["limits"]["max_concurrent_jobs"] == 3
             assert health["limits"]["max_upload_bytes"] == 2 * 1024 * 1024
+            assert health["limits"]["header_timeout_s"] == 7
             if len(answered_by) == 2:
                 break
         assert len(answered_by) == 2, answered_by
-        assert server.process.pid not in answered_by  # the supervisor serves nothing itself
+        for _ in range(20):  # the cross-site options reach both workers (any one would fail some)
+            named = httpx.get(f"{server.url}/api/health", headers={"Host": "latentz.test"}, timeout=30)
+            assert named.status_code == 200
+            assert httpx.get(f"{server.url}/api/health", headers={"Host": "other.test"}).status_code == 421
+            allowed = {"Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}
+            assert (
+                httpx.get(f"{server.url}/api/models/{web_model}/sample", headers=allowed).status_code == 200
+            )
+            other = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+            assert httpx.get(f"{server.url}/api/models/{web_model}/sample", headers=other).status_code == 403
+
+
+def test_a_bad_allow_origin_is_refused_at_start() -> None:
+    import subprocess
+
+    command = [sys.executable, "-m", "latentz", "serve", "--allow-origin", "app.example", "--port", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode != 0
+    assert "--allow-origin" in done.stderr and "https://app.example.org" in done.stderr
+    command = [sys.executable, "-m", "latentz", "serve", "--allowed-host", "https://x.example", "--port", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode != 0
+    assert "--allowed-host" in done.stderr and "not a host name" in done.stderr
 
 
 def test_default_jobs_share_the_cores_between_workers() -> None:

@@ -84,13 +84,20 @@ def _flatten(image: Image.Image, mode: str) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    if image.mode == "I;16" or image.mode.startswith("I;16"):
-        image = image.point(lambda value: value / 256).convert("L")
+    if image.mode.startswith("I;16"):  # numpy reads every byte order (point() does not: I;16B)
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
     elif image.mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if array.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    return image.convert(mode)
+    try:
+        return image.convert(mode)
+    except ValueError:  # e.g. LAB to greyscale: Pillow has no such conversion
+        wanted = "greyscale" if mode == "L" else "RGB"
+        raise ImageError(
+            f"cannot use an image in the {image.mode} colour mode: it does not convert to {wanted}; "
+            "save it as an RGB or greyscale image first"
+        ) from None
 
 
 def to_array(image: Image.Image, size: int | None, channels: int) -> np.ndarray:

@@ -47,6 +47,24 @@ def register(app: typer.Typer) -> None:
         body_timeout: float = typer.Option(
             300.0, "--body-timeout", help="Seconds a whole request body may take to arrive (408 after)."
         ),
+        header_timeout: float = typer.Option(
+            10.0,
+            "--header-timeout",
+            min=0.1,
+            help="Seconds a connection may take to send a whole request head (then 408 and closed).",
+        ),
+        allowed_host: list[str] = typer.Option(
+            [],
+            "--allowed-host",
+            help="A host name the server answers to, besides its IP addresses, localhost and --host "
+            "(repeatable; * for any). Other Host headers get 421: DNS rebinding.",
+        ),
+        allow_origin: list[str] = typer.Option(
+            [],
+            "--allow-origin",
+            help="Another site (scheme://host[:port]) whose pages may run the models (repeatable). "
+            "Other sites' requests get 403.",
+        ),
         timeout_keep_alive: int = typer.Option(
             5, "--timeout-keep-alive", help="Seconds an idle keep-alive connection is held open."
         ),
@@ -63,10 +81,22 @@ def register(app: typer.Typer) -> None:
         from latentz.server import Limits
         from latentz.server.app import LIMITS_ENVIRONMENT
         from latentz.server.assets import find_web_runtime
+        from latentz.server.origins import OriginError, is_ip_address, normalise_host, normalise_origin
 
+        try:
+            origins = tuple(normalise_origin(origin) for origin in allow_origin)
+        except OriginError as error:
+            raise typer.BadParameter(str(error), param_hint="--allow-origin") from None
+        try:
+            hosts = tuple(normalise_host(name) for name in allowed_host)
+        except OriginError as error:
+            raise typer.BadParameter(str(error), param_hint="--allowed-host") from None
+        listens_on_name = bool(host) and not is_ip_address(host.strip("[]"))
+        if listens_on_name:
+            hosts += (host,)  # the name it was told to listen on
         web_runtime = find_web_runtime()
         if web_runtime.error:
-            message = f"warning: {web_runtime.error}; the API works, the pages cannot run models"
+            message = f"warning: {web_runtime.detail}; the API works, the pages cannot run models"
             typer.secho(message, fg="yellow")
         limits = Limits(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
@@ -76,6 +106,9 @@ def register(app: typer.Typer) -> None:
             queue_timeout_s=queue_timeout,
             max_waiting_per_client=max_waiting_per_client,
             body_timeout_s=body_timeout,
+            header_timeout_s=header_timeout,
+            allowed_hosts=hosts,
+            allowed_origins=origins,
         )
         # Every worker process builds its own app from these (uvicorn imports the factory by name).
         os.environ[LIMITS_ENVIRONMENT] = json.dumps(dataclasses.asdict(limits))
@@ -84,9 +117,16 @@ def register(app: typer.Typer) -> None:
             f"latentz: serving on http://{host}:{port} with {workers} worker{plural}, "
             f"{limits.max_concurrent_jobs} inference job(s) each  (API docs at http://{host}:{port}/docs)"
         )
+        if host in ("0.0.0.0", "::", "[::]") and "*" not in hosts:  # reachable by names too: say which
+            names = ", ".join(("localhost", *hosts))
+            typer.echo(
+                f"latentz: answering to IP addresses and {names}; other host names get 421 "
+                "(add them with --allowed-host NAME)"
+            )
         uvicorn.run(
             "latentz.server.app:create_app_from_environment",
             factory=True,
+            http="latentz.server.protocol:GuardedH11Protocol",  # header timeout, close after a 413
             host=host,
             port=port,
             workers=workers,

@@ -5,7 +5,9 @@ an inference slot there (`JobGate`: a capped number of jobs at once, shared fair
 clients; waiting holds no thread), then run the work in the thread pool. Each model's ONNX
 sessions are created once (at start-up) and shared by every thread. Light endpoints (health,
 model list, files) are plain ``def`` functions in the same thread pool, which queued heavy
-requests therefore never fill. Error statuses: see `latentz.server.errors`.
+requests therefore never fill. JSON answers that can be big (latents, base64 PNGs) are rendered to
+bytes in the worker thread too (`json_answer`), never in the event loop. Error statuses: see
+`latentz.server.errors`; who may call: `latentz.server.origins`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import math
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -26,10 +29,13 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
+from fastapi.routing import APIRoute
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
+from starlette.types import ASGIApp, Scope
 
 import latentz
 from latentz import codec, imaging, metrics
@@ -51,6 +57,8 @@ from latentz.server.limits import (
     parse_latentz,
     wait_for_disconnect,
 )
+from latentz.server.origins import CrossSiteGuard
+from latentz.server.protocol import HEADER_TIMEOUT_STATE
 from latentz.server.registry import ModelRegistry
 
 log = logging.getLogger("latentz.server")
@@ -72,6 +80,7 @@ def _error(description: str) -> dict[str, Any]:
 
 ERRORS: dict[int, dict[str, Any]] = {
     400: _error("Malformed request, corrupt image or corrupt .latentz file"),
+    403: _error("A cross-site request (Origin / Sec-Fetch-Site of another site, not allowed)"),
     404: _error("Unknown model (the error lists the installed ones), or no such file"),
     408: _error("The request body arrived too slowly (idle or total body timeout)"),
     409: _error("The file was made by another model, or the model is not exported"),
@@ -84,7 +93,10 @@ ERRORS: dict[int, dict[str, Any]] = {
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = dict(ERRORS)
 """Every error an endpoint that takes a body and runs a model can answer."""
-QUERY_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (400, 404, 409, 429)}
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorBody"}
+QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: ERRORS[status] for status in (400, 403, 404, 409, 429)
+}
 """What a bodiless endpoint that runs a model can answer."""
 
 
@@ -157,8 +169,55 @@ def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
     }
 
 
-def _flat(array: np.ndarray) -> list[float]:
-    return [float(value) for value in np.asarray(array, dtype=np.float32).ravel()]
+def _flat(array: np.ndarray) -> np.ndarray:
+    """A latent as the JSON answers carry it: float32 values in C order (`render_json` writes them)."""
+    return np.asarray(array, dtype=np.float32).ravel()
+
+
+JSON_CHUNK_VALUES = 4096
+_dumps = partial(json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def render_json(content: Any) -> bytes:
+    """Compact JSON of ``content``; numpy arrays become lists of numbers, written 4,096 at a time.
+
+    Called in the worker thread that made the answer. ``json.dumps`` of one big list holds the
+    interpreter lock throughout (a million floats: about a second), which would stall the event
+    loop as surely as running it there; between pieces the thread lets the loop run.
+    """
+    parts: list[str] = []
+    _render(content, parts)
+    return "".join(parts).encode()
+
+
+def _render(value: Any, parts: list[str]) -> None:
+    if isinstance(value, np.ndarray):
+        flat = value.ravel()
+        pieces = (
+            _dumps(flat[start : start + JSON_CHUNK_VALUES].astype(np.float64).tolist())[1:-1]
+            for start in range(0, flat.size, JSON_CHUNK_VALUES)
+        )
+        parts.append("[" + ",".join(pieces) + "]")
+    elif isinstance(value, dict):
+        parts.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            parts.append(("," if index else "") + _dumps(str(key)) + ":")
+            _render(item, parts)
+        parts.append("}")
+    elif isinstance(value, list | tuple):
+        parts.append("[")
+        for index, item in enumerate(value):
+            if index:
+                parts.append(",")
+            _render(item, parts)
+        parts.append("]")
+    else:
+        parts.append(_dumps(value))
+
+
+def json_answer(content: dict[str, Any]) -> Response:
+    """A JSON response whose bytes are rendered now (in the worker thread that calls this)."""
+    return Response(render_json(content), media_type="application/json")
 
 
 def _encode_report(
@@ -235,27 +294,45 @@ def interpolate_latents(start: np.ndarray, end: np.ndarray, steps: int, method: 
     return out.astype(np.float32).reshape(steps, *start.shape)
 
 
+class LatentzApp(FastAPI):
+    """FastAPI whose every answer, 500s included, carries the `SecurityHeaders`.
+
+    Starlette renders the 500 handler's answer in its ServerErrorMiddleware, which sits outside
+    all middleware added with ``add_middleware``; so the headers wrap the whole stack instead.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(
     limits: Limits | None = None, *, preload: bool = True, node_modules: Path | None = None
 ) -> FastAPI:
-    """The latentz web app. ``preload`` creates every model's ONNX sessions at start-up."""
+    """The latentz web app. ``preload`` creates every model's ONNX sessions at start-up.
+
+    Serve it with ``http=GuardedH11Protocol`` (as `latentz serve` does) for its header timeout and
+    for closing, rather than draining, connections whose body it refused.
+    """
     limits = limits or Limits()
     sizes = limits.sizes()
     registry = ModelRegistry()
     gate = JobGate(limits.max_concurrent_jobs, limits.queue_timeout_s, limits.max_waiting_per_client)
     web_runtime = assets.find_web_runtime(node_modules)
+    worker = secrets.token_hex(6)
+    """Which worker answered, for `latentz serve --workers N` (random: a PID tells strangers too much)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         registry.refresh()
         if preload:
             loaded = registry.preload()
             log.info("models loaded: %s", ", ".join(loaded) or "none")
         if web_runtime.error:
-            log.warning("%s", web_runtime.error)
-        yield
+            log.warning("%s", web_runtime.detail)
+        # uvicorn hands the lifespan state to each connection's protocol (`GuardedH11Protocol`).
+        yield {HEADER_TIMEOUT_STATE: limits.header_timeout_s}
 
-    app = FastAPI(
+    app = LatentzApp(
         title="latentz",
         version=latentz.__version__,
         description=(
@@ -269,14 +346,6 @@ def create_app(
     app.state.gate = gate
     app.state.web_runtime = web_runtime
     install_handlers(app)
-    app.add_middleware(
-        BodyGuard,
-        max_body_bytes=limits.max_upload_bytes + MULTIPART_OVERHEAD,
-        max_upload_bytes=limits.max_upload_bytes,
-        idle_timeout_s=limits.body_idle_timeout_s,
-        total_timeout_s=limits.body_timeout_s,
-    )
-    app.add_middleware(SecurityHeaders)  # added last = outermost: the 413s above get the headers too
 
     def openapi_schema() -> dict[str, Any]:
         """FastAPI's schema, minus the 422 it documents for every validated input: this app answers 400."""
@@ -287,11 +356,13 @@ def create_app(
             for operations in schema["paths"].values():
                 for operation in operations.values():
                     responses = operation.get("responses", {})
+                    responses["421"] = {  # every route checks the Host header
+                        "description": "The Host header names a host this server does not answer to",
+                        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+                    }
                     if responses.pop("422", None) is not None:
                         responses.setdefault("400", {"description": ERRORS[400]["description"]})
-                        responses["400"]["content"] = {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
-                        }
+                        responses["400"]["content"] = {"application/json": {"schema": ERROR_SCHEMA}}
             for unused in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(unused, None)
             app.openapi_schema = schema
@@ -322,7 +393,7 @@ def create_app(
         return {
             "status": "ok",
             "version": latentz.__version__,
-            "process": os.getpid(),  # which worker answered, with `latentz serve --workers N`
+            "worker": worker,  # which worker answered, with `latentz serve --workers N`
             "models": registry.names(),
             "problems": registry.problems,
             "web_runtime": web_runtime.as_json(),
@@ -338,6 +409,7 @@ def create_app(
                 "queue_timeout_s": gate.timeout_s,
                 "body_idle_timeout_s": limits.body_idle_timeout_s,
                 "body_timeout_s": limits.body_timeout_s,
+                "header_timeout_s": limits.header_timeout_s,
             },
             "jobs": {"running": gate.running, "waiting": gate.waiting, **gate.counts},
         }
@@ -345,7 +417,7 @@ def create_app(
     @app.get("/api/models", tags=["models"])
     def list_models() -> dict[str, Any]:
         """Every installed model with its shape, data set, metrics and the URLs of its browser files."""
-        registry.refresh()
+        registry.rescan()
         return {"models": [registry.summary(registry.info(name)) for name in registry.names()]}
 
     @app.get("/api/models/{name}", tags=["models"], responses={404: ERRORS[404]})
@@ -353,6 +425,11 @@ def create_app(
         """One model's summary plus its full config and card (latent_stats drive the explorer's sliders)."""
         return registry.detail(registry.info(name))
 
+    @app.api_route(
+        "/api/models/{name}/files/{filename}",
+        methods=["HEAD"],
+        include_in_schema=False,
+    )
     @app.get(
         "/api/models/{name}/files/{filename}",
         tags=["models"],
@@ -403,29 +480,35 @@ def create_app(
                     headers={"Content-Disposition": f'attachment; filename="{download}"'},
                 )
             report = _encode_report(model, data, image.format, prepared, blob, quality, download, sizes)
-            return JSONResponse(report)
+            return json_answer(report)
 
         return await run_job(request, work)
 
-    @app.post("/api/models/{name}/latent", tags=["latents"], responses=ERROR_RESPONSES)
+    @app.post(
+        "/api/models/{name}/latent",
+        tags=["latents"],
+        responses={200: {"content": {"application/json": {}}}, **ERROR_RESPONSES},
+    )
     async def latent(
         request: Request, name: str, file: UploadFile = File(..., description="an image")
-    ) -> dict[str, Any]:
+    ) -> Response:
         """The posterior mean and log-variance of an image (no quantisation), and the model's input."""
         model = await runtime_of(name)
         data = await read_image_upload(file)
 
-        def work() -> dict[str, Any]:
+        def work() -> Response:
             prepared = _prepare(model, open_upload_image(data, limits.max_pixels), limits)
             mean, logvar = model.encode(prepared.image)
-            return {
-                "model": model.name,
-                "shape": list(mean.shape[1:]),
-                "mean": _flat(mean[0]),
-                "logvar": _flat(logvar[0]),
-                "note": prepared.note,
-                "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
-            }
+            return json_answer(
+                {
+                    "model": model.name,
+                    "shape": list(mean.shape[1:]),
+                    "mean": _flat(mean[0]),
+                    "logvar": _flat(logvar[0]),
+                    "note": prepared.note,
+                    "input_png_base64": _b64(imaging.png_bytes(prepared.image)),
+                }
+            )
 
         return await run_job(request, work)
 
@@ -450,7 +533,7 @@ def create_app(
             png = imaging.png_bytes(output)
             if format == "png":
                 return Response(png, media_type="image/png")
-            return JSONResponse(
+            return json_answer(
                 {
                     "model": model.name,
                     "note": prepared.note,
@@ -515,35 +598,39 @@ def create_app(
         """Decode a .latentz file with this model; 409 if the file was made by another one."""
         return await decode_png(request, file, name)
 
-    @app.post("/api/read", tags=["codec"], responses=ERROR_RESPONSES)
+    @app.post(
+        "/api/read", tags=["codec"], responses={200: {"content": {"application/json": {}}}, **ERROR_RESPONSES}
+    )
     async def read_file(
         request: Request,
         file: UploadFile = File(..., description="a .latentz file"),
         model: str | None = Query(None, description="check against this model instead of the file's own"),
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Parse and entropy-decode a .latentz file on the server: its header and dequantised latent.
 
         The receiver page runs the model's decoder.onnx on this latent in the browser.
         """
         data, _, runtime_model = await file_and_model(file, model)
 
-        def work() -> dict[str, Any]:
+        def work() -> Response:
             header, latent_values = runtime_model.read(data, sizes)
-            return {
-                "model": runtime_model.name,
-                "fingerprint": header.fingerprint_hex,
-                "entropy_model_id": header.entropy_id,
-                "bytes": len(data),
-                "header_bytes": codec.header_bytes(header),
-                "height": header.height,
-                "width": header.width,
-                "channels": header.channels,
-                "latent_shape": list(header.latent_shape),
-                "step": header.step,
-                "step_units": header.step / codec.FINE_PER_UNIT,
-                "latent": _flat(latent_values),
-                "decoder": f"/api/models/{runtime_model.name}/files/decoder.onnx",
-            }
+            return json_answer(
+                {
+                    "model": runtime_model.name,
+                    "fingerprint": header.fingerprint_hex,
+                    "entropy_model_id": header.entropy_id,
+                    "bytes": len(data),
+                    "header_bytes": codec.header_bytes(header),
+                    "height": header.height,
+                    "width": header.width,
+                    "channels": header.channels,
+                    "latent_shape": list(header.latent_shape),
+                    "step": header.step,
+                    "step_units": header.step / codec.FINE_PER_UNIT,
+                    "latent": _flat(latent_values),
+                    "decoder": f"/api/models/{runtime_model.name}/files/decoder.onnx",
+                }
+            )
 
         return await run_job(request, work)
 
@@ -561,7 +648,7 @@ def create_app(
             if format == "png":
                 columns = min(len(images), 8)
                 return Response(imaging.png_bytes(imaging.grid(images, columns)), media_type="image/png")
-            return JSONResponse(
+            return json_answer(
                 {
                     "model": model.name,
                     **extra,
@@ -616,11 +703,22 @@ def create_app(
                 )
         if body.steps > limits.max_interpolation_steps:
             raise ApiError(400, f"steps is {body.steps}; at most {limits.max_interpolation_steps} allowed")
-        start = np.asarray(body.start, dtype=np.float32).reshape(shape)
-        end = np.asarray(body.end, dtype=np.float32).reshape(shape)
+        ends = []
+        for label, values in (("start", body.start), ("end", body.end)):
+            with np.errstate(over="ignore"):
+                latent = np.asarray(values, dtype=np.float32).reshape(shape)
+            if not np.isfinite(latent).all():
+                message = f"{label} has values beyond float32's range (about ±3.4e38); latents are float32"
+                raise ApiError(400, message)
+            ends.append(latent)
+        start, end = ends
 
         def line() -> np.ndarray:
-            return interpolate_latents(start, end, body.steps, body.method)
+            latents = interpolate_latents(start, end, body.steps, body.method)
+            if not np.isfinite(latents).all():
+                message = "the interpolated latents overflow float32; use smaller start and end values"
+                raise ApiError(400, message)
+            return latents
 
         return await images_response(request, model, line, format, steps=body.steps, method=body.method)
 
@@ -628,34 +726,54 @@ def create_app(
     def _page(request: Request, page: str) -> Response:
         return assets.serve_file(request, assets.web_file(assets.PAGES[page]))
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index_page(request: Request) -> Response:
         return _page(request, "")
 
-    @app.get("/codec", include_in_schema=False)
+    @app.api_route("/codec", methods=["GET", "HEAD"], include_in_schema=False)
     def codec_page(request: Request) -> Response:
         return _page(request, "codec")
 
-    @app.get("/receiver", include_in_schema=False)
+    @app.api_route("/receiver", methods=["GET", "HEAD"], include_in_schema=False)
     def receiver_page(request: Request) -> Response:
         return _page(request, "receiver")
 
-    @app.get("/explorer", include_in_schema=False)
+    @app.api_route("/explorer", methods=["GET", "HEAD"], include_in_schema=False)
     def explorer_page(request: Request) -> Response:
         return _page(request, "explorer")
 
-    @app.get("/favicon.ico", include_in_schema=False)
+    @app.api_route("/favicon.ico", methods=["GET", "HEAD"], include_in_schema=False)
     def favicon() -> Response:
         return RedirectResponse("/static/favicon.svg")
 
-    @app.get("/static/{relative:path}", include_in_schema=False)
+    @app.api_route("/static/{relative:path}", methods=["GET", "HEAD"], include_in_schema=False)
     def static_file(relative: str, request: Request) -> Response:
         return assets.serve_file(request, assets.web_file(relative))
 
-    @app.get(f"/vendor/{assets.ORT_PACKAGE}/{{name}}", include_in_schema=False)
+    @app.api_route(f"/vendor/{assets.ORT_PACKAGE}/{{name}}", methods=["GET", "HEAD"], include_in_schema=False)
     def vendor(name: str, request: Request) -> Response:
         return assets.serve_file(request, assets.vendor_file(web_runtime, name))
 
+    # -- who may call, and how big a body may be (outermost last) -----------------------------
+    sampling = [route for route in app.routes if isinstance(route, APIRoute) and route.endpoint is sample]
+
+    def runs_network(scope: Scope) -> bool:
+        """GET requests that run a model (every other method is checked anyway)."""
+        return any(route.matches(scope)[0] is Match.FULL for route in sampling)
+
+    app.add_middleware(
+        BodyGuard,
+        max_body_bytes=limits.max_upload_bytes + MULTIPART_OVERHEAD,
+        max_upload_bytes=limits.max_upload_bytes,
+        idle_timeout_s=limits.body_idle_timeout_s,
+        total_timeout_s=limits.body_timeout_s,
+    )
+    app.add_middleware(  # outside the body guard: a stranger's request is refused before its size
+        CrossSiteGuard,
+        allowed_hosts=limits.allowed_hosts,
+        allowed_origins=limits.allowed_origins,
+        runs_network=runs_network,
+    )
     return app
 
 

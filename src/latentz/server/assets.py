@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import FileResponse, Response
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 import latentz
 from latentz.server.errors import ApiError
@@ -41,18 +42,22 @@ MEDIA_TYPES = {
 
 @dataclass(frozen=True)
 class WebRuntime:
-    """Where onnxruntime-web was found, or why it was not."""
+    """Where onnxruntime-web was found, or why it was not.
+
+    ``error`` is for anyone (the health check, a 404): it names no folder of this machine;
+    ``detail`` adds where it looked, for the server's log and the operator's terminal.
+    """
 
     dist: Path | None
     version: str | None
     error: str | None
+    detail: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
             "available": self.dist is not None,
             "package": ORT_PACKAGE,
             "version": self.version,
-            "path": str(self.dist) if self.dist else None,
             "error": self.error,
         }
 
@@ -78,19 +83,39 @@ def find_web_runtime(node_modules: Path | None = None) -> WebRuntime:
                 version = json.loads((folder / ORT_PACKAGE / "package.json").read_text()).get("version")
             return WebRuntime(dist=dist, version=version, error=None)
     looked = ", ".join(str(folder) for folder in candidates)
+    advice = "run `npm ci` in the latentz repository (or `make run`), or set LATENTZ_NODE_MODULES"
     return WebRuntime(
         dist=None,
         version=None,
-        error=(
-            f"{ORT_PACKAGE} is not installed (looked for {ORT_PACKAGE}/dist/{ORT_FILES[0]} in {looked}); "
-            "run `npm ci` in the latentz repository (or `make run`), or set LATENTZ_NODE_MODULES"
-        ),
+        error=f"{ORT_PACKAGE} is not installed on this server; {advice}",
+        detail=f"{ORT_PACKAGE} is not installed (looked for {ORT_PACKAGE}/dist/{ORT_FILES[0]} in {looked}); "
+        + advice,
     )
 
 
 def _etag(path: Path) -> str:
     stat = path.stat()
     return '"' + hashlib.sha1(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:20] + '"'
+
+
+class _FileAnswer(FileResponse):
+    """Starlette's FileResponse (GET, HEAD, Range), whose Range errors are JSON like every other error.
+
+    Raised while the response starts, the errors reach the app's handlers (`latentz.server.errors`).
+    """
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as error:
+            raise ApiError(400, f"bad Range header {http_range[:80]!r}: {error.content}") from None
+        except RangeNotSatisfiable:
+            raise ApiError(
+                416,
+                f"Range {http_range[:80]!r} lies outside the file ({file_size:,} bytes)",
+                headers={"Content-Range": f"bytes */{file_size}"},
+            ) from None
 
 
 def serve_file(request: Request, path: Path) -> Response:
@@ -100,14 +125,19 @@ def serve_file(request: Request, path: Path) -> Response:
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     media_type = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return FileResponse(path, media_type=media_type, headers=headers)
+    return _FileAnswer(path, media_type=media_type, headers=headers)
 
 
 def web_file(relative: str) -> Path:
-    """A file under latentz/web, refusing anything that resolves outside it."""
-    path = (WEB_DIR / relative).resolve()
-    if not path.is_relative_to(WEB_DIR) or not path.is_file():
-        raise ApiError(404, f"no such file: /static/{relative}", "not_found")
+    """A file under latentz/web, refusing anything that resolves outside it (or cannot be a file name)."""
+    try:
+        path = (WEB_DIR / relative).resolve()
+        found = path.is_relative_to(WEB_DIR) and path.is_file()
+    except (OSError, ValueError):  # an embedded NUL, a name too long for the file system
+        found = False
+    if not found:
+        shown = relative if len(relative) <= 80 else relative[:80] + "..."
+        raise ApiError(404, f"no such file: /static/{shown}", "not_found")
     return path
 
 

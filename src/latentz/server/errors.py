@@ -4,7 +4,10 @@ Clients (the pages, scripts, tests) branch on ``code``, show ``error`` to people
 an HTML error page or a bare traceback. The statuses are part of the API contract:
 
 =====  =====================  ==============================================================
-400    bad_request            malformed request: a bad field, a corrupt image, a corrupt .latentz
+400    bad_request            malformed request: a bad field, a corrupt image, a corrupt .latentz,
+                              a malformed Range header
+403    cross_origin           a request that would run a model, sent by a page of another site
+                              (Origin / Sec-Fetch-Site; `latentz.server.origins`), unless allowed
 404    unknown_model          no installed model has that name
 404    not_found              no such page, file or route
 405    method_not_allowed     e.g. GET on an upload endpoint (the Allow header lists the methods)
@@ -17,10 +20,15 @@ an HTML error page or a bare traceback. The statuses are part of the API contrac
                               (checked from the header, before decoding: decompression bombs)
 415    unsupported_media      content sniffed as neither a supported image nor a .latentz file,
                               or a .latentz format version this server cannot read
+416    range_not_satisfiable  a Range outside the file (Content-Range gives its size)
+421    unknown_host           the Host header names a host this server does not answer to
+                              (DNS rebinding; `latentz serve --allowed-host`)
 429    busy                   every inference slot stayed busy for the queue timeout, or this client
                               already has its maximum of requests waiting (Retry-After: 1)
 500    internal_error         a bug in latentz; the message says what failed
 =====  =====================  ==============================================================
+
+Every answer, 500s included, carries the same security headers (`limits.SecurityHeaders`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ STATUS_CODES: dict[int, str] = {
     409: "conflict",
     413: "too_large",
     415: "unsupported_media",
+    416: "range_not_satisfiable",
+    421: "unknown_host",
     429: "busy",
 }
 
@@ -69,17 +79,27 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """An expected failure: becomes ``{"error": message, "code": code, ...extra}`` with ``status``."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code or STATUS_CODES.get(status, "error")
+        self.headers = dict(headers or {})
+        if status == 429:
+            self.headers.setdefault("Retry-After", "1")
         self.extra = extra
 
     def response(self) -> JSONResponse:
-        headers = {"Retry-After": "1"} if self.status == 429 else None
         body = {"error": self.message, "code": self.code, "status": self.status, **self.extra}
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=self.status, headers=self.headers or None)
 
 
 def error_response(status: int, message: str, code: str | None = None, **extra: Any) -> JSONResponse:

@@ -25,6 +25,7 @@ from latentz.codec.format import MAGIC as LATENTZ_MAGIC
 from latentz.codec.limits import SizeLimits
 from latentz.server.errors import ApiError, ClientGone
 
+CLOSE = (b"connection", b"close")
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for multipart boundaries and small form fields on top of the file itself."""
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -62,6 +63,17 @@ class Limits:
     """Longest pause allowed between two pieces of a request body (slow-body / slowloris clients)."""
     body_timeout_s: float = 300.0
     """Longest a whole request body may take to arrive (16 MiB at 56 KB/s)."""
+    header_timeout_s: float = 10.0
+    """Longest a connection may take to send a complete request head (request line and headers)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names answered besides IP addresses and ``localhost`` (``*``: any); others get 421."""
+    allowed_origins: tuple[str, ...] = ()
+    """Other sites (``scheme://host[:port]``) whose pages may run the models; others get 403."""
+
+    def __post_init__(self) -> None:
+        # JSON (how the limits reach `latentz serve`'s workers) has lists, not tuples.
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
 
     def sizes(self) -> SizeLimits:
         """The size policy every encode and decode here runs under: what encode scales an upload
@@ -92,6 +104,11 @@ class BodyGuard:
     must come within ``idle_timeout_s`` and the whole body within ``total_timeout_s``: a client that
     trickles bytes cannot hold a connection (and its memory) open for long. Once the body is
     complete, receive() is passed through untimed (the app then only listens for a disconnect).
+
+    Any answer sent before the body has been read to its end (a 413, a 408, an error raised before
+    the endpoint reads its upload) carries ``Connection: close``: the server then closes the
+    connection instead of reading and discarding the rest of a body that may never end
+    (`protocol.GuardedH11Protocol`).
     """
 
     def __init__(
@@ -135,9 +152,11 @@ class BodyGuard:
     @staticmethod
     async def _refuse(send: Send, refusal: _BodyRefused) -> None:
         body = json.dumps(refusal.body).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if refusal.status == 408:
-            headers.append((b"connection", b"close"))  # a stalled body: do not wait for the rest of it
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            CLOSE,  # the rest of the body is not read: the connection cannot carry another request
+        ]
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -149,11 +168,14 @@ class BodyGuard:
         is_json = b"json" in headers.get(b"content-type", b"").lower()
         max_bytes = self.max_json_bytes if is_json else self.max_body_bytes
         declared = headers.get(b"content-length")
+        has_body = b"transfer-encoding" in headers or (
+            declared is not None and declared.strip().isdigit() and int(declared) > 0
+        )
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await self._refuse(send, self._too_large(f"{int(declared):,}", is_json))
             return
         received = 0
-        body_complete = False
+        body_complete = not has_body
         refusal: _BodyRefused | None = None
         started = False
         deadline = time.monotonic() + self.total_timeout_s
@@ -186,7 +208,12 @@ class BodyGuard:
                     started = True
                     await self._refuse(send, refusal)
                 return
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                if not body_complete:  # answered before the body was read: do not read the rest
+                    names = {name.lower() for name, _ in message.get("headers", ())}
+                    if b"connection" not in names:
+                        message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
             await send(message)
 
         try:
@@ -227,6 +254,32 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+OTHER_SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
+    # what people upload by mistake, named in the 415 (format, magic bytes, offset of the magic)
+    ("a PDF document", b"%PDF", 0),
+    ("a ZIP archive", b"PK\x03\x04", 0),
+    ("a gzip file", b"\x1f\x8b", 0),
+    ("an ICO icon", b"\x00\x00\x01\x00", 0),
+    ("a HEIF/HEIC or AVIF image", b"ftyp", 4),
+    ("a JPEG XL image", b"\xff\x0a", 0),
+)
+
+
+def describe_content(data: bytes) -> str:
+    """What the first bytes of a file look like, in words (for people, never a Python bytes repr)."""
+    for name, magic, offset in OTHER_SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return f"it looks like {name}"
+    head = data[:16]
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    printable = all(32 <= byte < 127 or byte in b"\t\r\n" for byte in text)
+    if text[:1] in (b"<", b"{", b"[") or (text and printable):
+        kind = {b"<": "HTML, XML or SVG", b"{": "JSON", b"[": "JSON"}.get(text[:1], "text")
+        preview = "".join(chr(byte) if 32 <= byte < 127 else " " for byte in text[:12]).strip()
+        return f'it looks like {kind} and starts with "{preview}"'
+    return "its first bytes are " + " ".join(f"{byte:02x}" for byte in data[:8]) + " (hex)"
+
+
 def sniff_image(data: bytes) -> str:
     """The image format the bytes actually hold, or a 415 that says what they look like instead."""
     if not data:
@@ -236,14 +289,12 @@ def sniff_image(data: bytes) -> str:
             return name
     if data[: len(LATENTZ_MAGIC)] == LATENTZ_MAGIC:
         raise ApiError(
-            415,
-            "this is a .latentz file, not an image; POST it to /api/decode to get the image back",
-            detected="latentz",
+            415, "this is a .latentz file, not an image: decode it instead of encoding it", detected="latentz"
         )
     raise ApiError(
         415,
         f"not a supported image: the content is not {ACCEPTED_IMAGES} (judged by the bytes, not the file "
-        f"name; it starts with {data[:8]!r})",
+        f"name; {describe_content(data)})",
     )
 
 
@@ -293,21 +344,24 @@ def parse_latentz(data: bytes) -> codec.Header:
         header, _ = codec.unpack(data)
     except codec.UnsupportedVersionError as error:
         raise ApiError(415, str(error), detected="latentz") from None
-    except codec.BadMagicError as error:
-        detected = "image" if _looks_like_image(data) else "unknown"
-        hint = " (it is an image: POST it to /api/models/{name}/encode)" if detected == "image" else ""
-        raise ApiError(415, f"{error}{hint}", detected=detected) from None
+    except codec.BadMagicError:
+        image = _image_format(data)
+        if image is not None:
+            message = f"this is a {image} image, not a .latentz file: encode it instead of decoding it"
+            raise ApiError(415, message, detected="image") from None
+        message = f"not a .latentz file: it does not start with the letters LZ ({describe_content(data)})"
+        raise ApiError(415, message, detected="unknown") from None
     except codec.LatentzFormatError as error:
         raise ApiError(400, str(error)) from None
     return header
 
 
-def _looks_like_image(data: bytes) -> bool:
+def _image_format(data: bytes) -> str | None:
+    """The supported image format the bytes hold, if any."""
     try:
-        sniff_image(data)
+        return sniff_image(data)
     except ApiError:
-        return False
-    return True
+        return None
 
 
 def client_key(request: Request) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ log = logging.getLogger("latentz.server")
 
 SERVED_FILES = (ENCODER_FILE, DECODER_FILE, ENTROPY_MODEL_FILE)
 """What the browser may fetch from a bundle; weights and checkpoints stay private."""
+RESCAN_INTERVAL_S = 2.0
+"""Least time between two rescans of the bundle folders asked for by requests (an unknown model
+name or fingerprint, the model list): a flood of made-up names costs one folder scan per interval."""
 
 
 def finite_json(value: Any) -> Any:
@@ -44,21 +49,26 @@ def finite_json(value: Any) -> Any:
 class ModelRegistry:
     """Installed bundles by name, each with one shared `ModelRuntime` (one ONNX session per network)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._infos: dict[str, BundleInfo] = {}
         self._runtimes: dict[str, runtime.ModelRuntime] = {}
+        self._clock = clock
+        self._scanned_at = -math.inf
         self.problems: dict[str, str] = {}
+        """Bundles that cannot be used, by name, with why (no paths: `GET /api/health` shows them)."""
 
     def refresh(self) -> None:
-        """Rescan the bundle search path (new bundles appear without a restart)."""
+        """Rescan the bundle search path now (new bundles appear without a restart)."""
+        self._scanned_at = self._clock()
         infos: dict[str, BundleInfo] = {}
         problems: dict[str, str] = {}
         for path in list_bundles():
             try:
                 infos[path.name] = read_bundle(path)
             except (OSError, ValueError) as error:
-                problems[path.name] = f"unreadable bundle at {path}: {error}"
+                log.warning("unreadable bundle at %s: %s", path, error)
+                problems[path.name] = f"unreadable bundle: {_without_paths(error, path)}"
         with self._lock:
             for name, info in infos.items():
                 known = self._infos.get(name)
@@ -67,6 +77,16 @@ class ModelRegistry:
             self._infos = infos
             self.problems = problems
 
+    def rescan(self) -> bool:
+        """Rescan unless the last scan is under `RESCAN_INTERVAL_S` old; whether it rescanned."""
+        with self._lock:
+            now = self._clock()
+            if now - self._scanned_at < RESCAN_INTERVAL_S:
+                return False
+            self._scanned_at = now  # taken: concurrent callers do not scan as well
+        self.refresh()
+        return True
+
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._infos)
@@ -74,15 +94,15 @@ class ModelRegistry:
     def info(self, name: str) -> BundleInfo:
         with self._lock:
             info = self._infos.get(name)
-        if info is None:
-            self.refresh()
+        if info is None and self.rescan():
             with self._lock:
                 info = self._infos.get(name)
         if info is None:
             installed = self.names()
+            shown = name if len(name) <= 80 else name[:80] + "..."
             raise ApiError(
                 404,
-                f"no model named {name!r} is installed (installed: {', '.join(installed) or 'none'})",
+                f"no model named {shown!r} is installed (installed: {', '.join(installed) or 'none'})",
                 "unknown_model",
                 installed=installed,
             )
@@ -121,8 +141,8 @@ class ModelRegistry:
                 ]
             if matches:
                 return self.runtime(sorted(matches)[0])
-            if attempt == 0:
-                self.refresh()
+            if attempt == 0 and not self.rescan():
+                break
         installed = self.names()
         raise ApiError(
             409,
@@ -146,7 +166,7 @@ class ModelRegistry:
                 loaded.append(name)
             except Exception as error:  # one broken bundle must not stop the server
                 log.warning("could not load model %s: %s", name, error)
-                self.problems[name] = f"could not load: {error}"
+                self.problems[name] = f"could not load: {_without_paths(error, info.path)}"
         return loaded
 
     def summary(self, info: BundleInfo) -> dict[str, Any]:
@@ -201,3 +221,8 @@ class ModelRegistry:
                 missing=[filename],
             )
         return path
+
+
+def _without_paths(error: Exception, bundle: Path) -> str:
+    """An error message fit for strangers: the bundle's folder (and where it is) becomes its name."""
+    return str(error).replace(str(bundle.resolve()), bundle.name).replace(str(bundle), bundle.name)
