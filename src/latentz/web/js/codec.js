@@ -1,7 +1,21 @@
 // The codec page: the server encodes (and reports the reconstruction and a WebP at the same
 // byte budget); this page shows the comparison and offers the .latentz for download.
 
-import { $, api, base64ToBytes, clearError, dropZone, formatBytes, installErrorBanner, listModels, showError } from "./common.js";
+import {
+  $,
+  api,
+  base64ToBytes,
+  clearError,
+  dropZone,
+  formatBytes,
+  installErrorBanner,
+  listModels,
+  sentence,
+  showError,
+} from "./common.js";
+
+/** Where the receiver page looks for a file handed over from here (see receiver.js). */
+const HANDOFF_KEY = "latentz.handoff";
 
 const select = $("#model");
 const quality = $("#quality");
@@ -10,6 +24,7 @@ let originalUrl = null;
 let downloadUrl = null;
 let requestNumber = 0;
 let qualityTimer = null;
+let latestReport = null;
 
 function pngUrl(base64, type = "image/png") {
   return `data:${type};base64,${base64}`;
@@ -37,8 +52,31 @@ async function compress() {
     document.body.dataset.state = "failed";
     $("#note").textContent = "";
     $("#result").hidden = true; // what is shown belongs to an earlier file or setting
-    showError(error.message, { title: error.status === 415 ? "Not an image" : "Could not encode" });
+    showError(...explain(error));
   }
+}
+
+/** What to tell a person about a failed upload: [message, {title}], both sentences. */
+function explain(error) {
+  if (error.code === "unsupported_media" && error.body?.detected === "latentz") {
+    return [
+      `The file ${currentFile.name} is already coded: open it on the receiver page to see the image it holds.`,
+      { title: "This is a .latentz file, not an image." },
+    ];
+  }
+  if (error.code === "unsupported_media") {
+    return [
+      `The file ${currentFile.name} is not a JPEG, PNG, WebP, GIF, BMP or TIFF image (judged by its content, not its name).`,
+      { title: "This file is not an image the codec can read." },
+    ];
+  }
+  const titles = {
+    bad_request: "This image could not be read.",
+    too_large: "This image is too large.",
+    busy: "The server is busy: try again in a moment.",
+    network: "The server cannot be reached.",
+  };
+  return [sentence(error.message), { title: titles[error.code] ?? "The photo could not be encoded." }];
 }
 
 /** PSNR in dB; the server sends null when the decoded image is identical (infinite PSNR). */
@@ -48,6 +86,7 @@ function dB(psnr) {
 
 function show(report) {
   window.latentzCodec = report; // for the tests
+  latestReport = report;
   $("#result").hidden = false;
   $("#original").src = originalUrl;
   $("#original-bytes").textContent = `${report.original.width}×${report.original.height}, ${formatBytes(report.original.bytes)}`;
@@ -83,7 +122,7 @@ function useFile(file) {
 async function start() {
   installErrorBanner();
   const models = (await listModels()).filter((model) => model.exported);
-  if (!models.length) throw new Error("no exported model is installed (see `latentz models`)");
+  if (!models.length) throw new Error("No exported model is installed (`latentz models` lists what is installed).");
   for (const model of models) {
     const shape = model.fully_convolutional ? "any size" : `${model.image_size}×${model.image_size}`;
     select.add(new Option(`${model.name} (${shape}, ${model.channels === 1 ? "grey" : "colour"})`, model.name));
@@ -96,9 +135,29 @@ async function start() {
     clearTimeout(qualityTimer);
     qualityTimer = setTimeout(compress, 200);
   });
+  // Hand the file to the receiver in this tab's sessionStorage: no download, no second upload.
+  for (const type of ["click", "auxclick"]) {
+    $("#open-receiver").addEventListener(type, (event) => {
+      if (!latestReport) {
+        event.preventDefault();
+        return;
+      }
+      try {
+        sessionStorage.setItem(
+          HANDOFF_KEY,
+          JSON.stringify({ name: latestReport.latentz.filename, base64: latestReport.latentz.base64 }),
+        );
+      } catch (error) {
+        event.preventDefault();
+        showError(`${error.message} Download the .latentz and drop it on the receiver page instead.`, {
+          title: "The file could not be handed to the receiver.",
+        });
+      }
+    });
+  }
   $("#file").addEventListener("change", (event) => event.target.files[0] && useFile(event.target.files[0]));
   dropZone($("#drop"), useFile);
   document.body.dataset.models = "loaded";
 }
 
-start().catch((error) => showError(error.message, { title: "Could not start the codec page" }));
+start().catch((error) => showError(error.message, { title: "The codec page could not start." }));
