@@ -771,7 +771,14 @@ def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showe
     assert report["original"]["bytes"] == photo.stat().st_size
     assert f"{photo.stat().st_size:,} bytes" in page.inner_text("#stat-original")
     assert f"{report['latentz']['bytes']} bytes" in page.inner_text("#stat-latentz")
-    assert f"{report['ratio']:.1f}×" in page.inner_text("#stat-ratio")
+    assert f"{report['ratio']:.1f}× smaller than the upload" in page.inner_text("#stat-ratio")
+    caption = page.inner_text("#webp-caption")
+    if report["webp"]["fits_budget"]:
+        assert caption.startswith("WebP at the same budget · ")
+    else:  # a digit's .latentz is smaller than any WebP: the caption must not call it the same budget
+        factor = report["webp"]["bytes"] / report["latentz"]["bytes"]
+        assert caption.startswith(f"WebP's smallest file, {factor:.1f}× bigger than the .latentz · "), caption
+        assert page.inner_text("#stat-webp-title") == "WebP's smallest file"
     assert f"{report['reconstruction']['psnr']:.2f} dB" in page.inner_text("#stat-psnr")
     assert "bytes, PSNR" in page.inner_text("#stat-webp")
     assert page.evaluate("document.querySelector('#webp').naturalWidth") == model.config.image_size
@@ -824,6 +831,31 @@ def test_codec_page_opens_its_file_in_the_receiver_without_a_download(
     page.reload()  # the hand-over lasts for this tab: a reload shows the same file
     page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
     np.testing.assert_array_equal(pixels(page, "#decoded"), decoded)
+
+
+def test_codec_page_says_bigger_when_the_latentz_is_bigger_than_the_upload(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A 43-byte GIF through mnist-z32 at quality 100 makes a 52-byte file: bigger, not "0.8× smaller"."""
+    if not page.goto("/api/models/mnist-z32").ok:
+        pytest.skip("mnist-z32 is not installed")
+    tiny = tmp_path / "dot.gif"
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tiny, format="GIF")
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.select_option("#model", "mnist-z32")
+    page.fill("#quality", "100")
+    page.dispatch_event("#quality", "input")
+    page.set_input_files("#file", str(tiny))
+    page.wait_for_function(
+        "() => window.latentzCodec?.quality === 100 && document.body.dataset.state === 'done'"
+    )
+    report = page.evaluate("window.latentzCodec")
+    upload, coded = report["original"]["bytes"], report["latentz"]["bytes"]
+    assert coded > upload, (coded, upload)
+    percent = round(100 * (coded / upload - 1))
+    assert page.inner_text("#stat-ratio").startswith(f"{percent}% bigger than the upload, "), page.inner_text(
+        "#stat-ratio"
+    )
+    assert "smaller than the model's raw input" in page.inner_text("#stat-ratio")
 
 
 def test_codec_page_says_when_a_file_is_not_an_image(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

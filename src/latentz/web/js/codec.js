@@ -12,6 +12,7 @@ import {
   listModels,
   sentence,
   showError,
+  sizeComparison,
 } from "./common.js";
 
 /** Where the receiver page looks for a file handed over from here (see receiver.js). */
@@ -95,16 +96,23 @@ function show(report) {
   $("#reconstruction").src = pngUrl(report.reconstruction.png_base64);
   $("#latentz-bytes-caption").textContent = `${report.latentz.bytes} bytes, PSNR ${dB(report.reconstruction.psnr)}`;
   $("#webp").src = pngUrl(report.webp.webp_base64, "image/webp");
-  $("#webp-caption").textContent = `${report.webp.bytes} bytes, PSNR ${dB(report.webp.psnr)}`;
+  // Said as it is: WebP at the same budget, or (when it cannot get that small) its smallest file.
+  const webp = report.webp;
+  const webpWhat = webp.fits_budget
+    ? "WebP at the same budget"
+    : `WebP's smallest file, ${sizeComparison(webp.bytes, report.latentz.bytes)} the .latentz`;
+  $("#webp-caption").textContent = `${webpWhat} · ${webp.bytes} bytes, PSNR ${dB(webp.psnr)}`;
+  $("#stat-webp-title").textContent = webp.fits_budget ? "WebP at that budget" : "WebP's smallest file";
   $("#stat-original").textContent = `${report.original.bytes.toLocaleString()} bytes (${report.original.format})`;
   $("#stat-latentz").textContent =
     `${report.latentz.bytes} bytes (${report.latentz.header_bytes} of header and checksum), ` +
     `${report.bits_per_pixel.toFixed(3)} bits per pixel, latent ${report.latentz.latent_shape.join("×")}`;
   $("#stat-ratio").textContent =
-    `${report.ratio.toFixed(1)}× smaller than the upload, ${report.raw_ratio.toFixed(1)}× smaller than the model's raw input`;
+    `${sizeComparison(report.latentz.bytes, report.original.bytes)} the upload, ` +
+    `${sizeComparison(report.latentz.bytes, report.input.raw_bytes)} the model's raw input`;
   $("#stat-psnr").textContent = `${dB(report.reconstruction.psnr)} (against the model's input)`;
-  $("#stat-webp").textContent = `${report.webp.bytes} bytes, PSNR ${dB(report.webp.psnr)} — ${report.webp.note}`;
-  $("#note").textContent = `${report.model}, quality ${report.quality}: ${report.note}.`;
+  $("#stat-webp").textContent = `${webp.bytes} bytes, PSNR ${dB(webp.psnr)}. ${sentence(webp.note)}`;
+  $("#note").textContent = sentence(`${report.model}, quality ${report.quality}${report.note ? `: ${report.note}` : ""}`);
   if (downloadUrl) URL.revokeObjectURL(downloadUrl);
   downloadUrl = URL.createObjectURL(new Blob([base64ToBytes(report.latentz.base64)], { type: "application/x-latentz" }));
   const link = $("#download");

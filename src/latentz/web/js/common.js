@@ -357,6 +357,19 @@ export function formatBytes(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
 }
 
+/**
+ * How big `size` is next to `reference`, the way people say it: "210.8× smaller than",
+ * "21% bigger than", "about the same size as". (A ratio alone made 6,930 bytes "1.0× smaller" than 6,722.)
+ */
+export function sizeComparison(size, reference) {
+  const smaller = size < reference;
+  const factor = smaller ? reference / size : size / reference;
+  const word = smaller ? "smaller" : "bigger";
+  if (factor >= 1.95) return `${factor.toFixed(1)}× ${word} than`;
+  const percent = Math.round(100 * Math.abs(1 - size / reference));
+  return percent === 0 ? "about the same size as" : `${percent}% ${word} than`;
+}
+
 export function base64ToBytes(text) {
   const binary = atob(text);
   const bytes = new Uint8Array(binary.length);
