@@ -112,7 +112,8 @@ function show(report) {
     `${sizeComparison(report.latentz.bytes, report.input.raw_bytes)} the model's raw input`;
   $("#stat-psnr").textContent = `${dB(report.reconstruction.psnr)} (against the model's input)`;
   $("#stat-webp").textContent = `${webp.bytes} bytes, PSNR ${dB(webp.psnr)}. ${sentence(webp.note)}`;
-  $("#note").textContent = sentence(`${report.model}, quality ${report.quality}${report.note ? `: ${report.note}` : ""}`);
+  const note = `${report.model}, quality ${report.quality}${report.note ? `: ${report.note}` : ""}`;
+  $("#note").textContent = /[.!?]$/.test(note) ? note : `${note}.`; // a model's name starts it: no capital
   if (downloadUrl) URL.revokeObjectURL(downloadUrl);
   downloadUrl = URL.createObjectURL(new Blob([base64ToBytes(report.latentz.base64)], { type: "application/x-latentz" }));
   const link = $("#download");

@@ -39,11 +39,14 @@ export async function api(url, { method = "GET", body = undefined, as = "json" }
 }
 
 // -- banner and status ------------------------------------------------------------------------
-/** A message as people read it: a capital first letter and a full stop ("checksum mismatch" -> "Checksum mismatch."). */
+/**
+ * A message as people read it: a capital first letter and a full stop ("checksum mismatch" ->
+ * "Checksum mismatch."). A first word that is a name (mnist-z10, a file name) keeps its case.
+ */
 export function sentence(text) {
   const trimmed = String(text ?? "").trim();
   if (!trimmed) return "";
-  const capital = trimmed[0].toUpperCase() + trimmed.slice(1);
+  const capital = /^[a-z]+(?=[\s,:;]|$)/.test(trimmed) ? trimmed[0].toUpperCase() + trimmed.slice(1) : trimmed;
   return /[.!?…]$/.test(capital) ? capital : `${capital}.`;
 }
 
