@@ -92,6 +92,7 @@ export class Progress {
     this.label.textContent = label;
   }
   finish(label) {
+    this.root.hidden = false;
     this.bar.value = 1;
     this.root.dataset.state = "ready";
     this.label.textContent = label;
@@ -213,22 +214,22 @@ export function download(url) {
 }
 
 /**
- * Watch several downloads as one: `onUpdate({fraction, done, total})` is called only once every
- * file's size is known (so the total never grows), and the fraction it reports never goes down.
- * Before that it is called with `fraction: null` (an indeterminate bar).
- * Returns a function that stops watching.
+ * Watch several downloads as one: `onUpdate({fraction, done, total})` gets figures only once every
+ * file's size is known (so the total never grows), and the fraction never goes down. Before that,
+ * or for good when a response came without a Content-Length, `fraction` and `total` are null (an
+ * indeterminate bar; `done` counts the bytes so far). Returns a function that stops watching.
  */
 export function watchDownloads(list, onUpdate) {
   let sizesKnown = false;
   let shown = 0;
   const report = () => {
-    if (!sizesKnown) {
-      onUpdate({ fraction: null, done: 0, total: 0 });
+    if (!sizesKnown || list.some((each) => each.size === null && !each.finished)) {
+      onUpdate({ fraction: null, done: list.reduce((sum, each) => sum + each.received, 0), total: null });
       return;
     }
-    const weights = list.map((each) => each.size ?? each.received ?? 1);
+    const weights = list.map((each) => each.size ?? each.received);
     const total = weights.reduce((sum, weight) => sum + weight, 0) || 1;
-    const done = list.reduce((sum, each, i) => sum + (each.fraction() ?? 0.5) * weights[i], 0);
+    const done = list.reduce((sum, each, i) => sum + each.fraction() * weights[i], 0);
     shown = Math.max(shown, done / total);
     onUpdate({ fraction: shown, done: shown * total, total });
   };

@@ -426,7 +426,8 @@ function showLoading(model, token) {
   return watchDownloads(pending, ({ fraction, done, total }) => {
     if (token !== state.loadToken) return;
     if (fraction === null) {
-      progress.update(null, `Loading ${model.name}…`);
+      const soFar = done ? `: ${(done / 1e6).toFixed(1)} MB so far` : "…";
+      progress.update(null, `Loading ${model.name}${soFar}`);
       overlay.textContent = "Loading…";
       return;
     }

@@ -75,7 +75,7 @@ async function receive(file) {
     if (pending.length) {
       stopWatching = watchDownloads(pending, ({ fraction, done, total }) => {
         if (number !== fileNumber) return;
-        const label = fraction === null ? "" : `: ${megabytes(done, total)}`;
+        const label = fraction === null ? (done ? `: ${(done / 1e6).toFixed(1)} MB so far` : "") : `: ${megabytes(done, total)}`;
         progress.update(fraction, `Loading ${parsed.model}'s decoder${label}`);
       });
     }
