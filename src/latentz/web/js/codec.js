@@ -3,6 +3,7 @@
 
 import {
   $,
+  HANDOFF_KEY,
   api,
   base64ToBytes,
   clearError,
@@ -14,9 +15,6 @@ import {
   showError,
   sizeComparison,
 } from "./common.js";
-
-/** Where the receiver page looks for a file handed over from here (see receiver.js). */
-const HANDOFF_KEY = "latentz.handoff";
 
 const select = $("#model");
 const quality = $("#quality");

@@ -354,6 +354,11 @@ export function paint(canvas, imageData) {
   canvas.getContext("2d").putImageData(imageData, 0, 0);
 }
 
+// -- the codec page -> receiver hand-over ------------------------------------------------------
+/** The codec page leaves its .latentz here (this tab's sessionStorage) and opens `/receiver#from=codec`. */
+export const HANDOFF_KEY = "latentz.handoff";
+export const HANDOFF_HASH = "#from=codec";
+
 // -- small helpers ----------------------------------------------------------------------------
 export function formatBytes(bytes) {
   if (bytes < 1024) return `${bytes} B`;

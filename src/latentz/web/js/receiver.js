@@ -5,6 +5,8 @@
 
 import {
   $,
+  HANDOFF_HASH,
+  HANDOFF_KEY,
   Progress,
   api,
   base64ToBytes,
@@ -23,10 +25,6 @@ import {
   toImageData,
   watchDownloads,
 } from "./common.js";
-
-/** Where the codec page leaves a file for this page (see codec.js). */
-export const HANDOFF_KEY = "latentz.handoff";
-export const HANDOFF_HASH = "#from=codec";
 
 const progress = new Progress($("#progress"));
 let fileNumber = 0;
