@@ -11,6 +11,7 @@ import base64
 import io
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def _new_page(browser, live_server: LiveServer, **options):  # type: ignore[no-u
 @pytest.fixture()
 def page(browser, live_server: LiveServer) -> Iterator[object]:  # type: ignore[no-untyped-def]
     context, page = _new_page(browser, live_server, viewport={"width": 1100, "height": 900})
+    yield page
+    context.close()
+    assert page.uncaught == [], f"uncaught errors in the page: {page.uncaught}"
+
+
+VIEWPORTS = {
+    "desktop": {"viewport": {"width": 1100, "height": 900}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True},
+}
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def sized_page(request, browser, live_server: LiveServer) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """A page at desktop width (1100 px, mouse) and at phone width (390 px, touch)."""
+    context, page = _new_page(browser, live_server, **VIEWPORTS[request.param])
+    page.touch = request.param == "phone"
     yield page
     context.close()
     assert page.uncaught == [], f"uncaught errors in the page: {page.uncaught}"
@@ -144,12 +161,25 @@ def data_url_image(page, selector: str) -> np.ndarray:  # type: ignore[no-untype
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
 
 
-def screenshot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+def saved_image(page, tmp_path: Path, selector: str = "#save") -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    """Click a save button; the download's suggested name and bytes."""
+    with page.expect_download() as download_info:
+        page.click(selector)
+    download = download_info.value
+    path = tmp_path / "saved"
+    download.save_as(path)
+    return download.suggested_filename, path.read_bytes()
+
+
+def screenshot(page, name: str, full_page: bool = True) -> None:  # type: ignore[no-untyped-def]
     """Render the page as the README shows it; write it to docs/screenshots with LATENTZ_SCREENSHOTS=1.
 
     Rendered on every run, so a page that cannot be captured (or captures blank) fails the test.
+    `full_page=False` takes what is on screen (to show what stays in view while scrolling).
     """
-    png = page.screenshot(full_page=True)
+    if full_page:  # from the top, so sticky parts sit where a visitor first sees them
+        page.evaluate("window.scrollTo(0, 0)")
+    png = page.screenshot(full_page=full_page)
     shot = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
     assert shot.shape[1] == page.viewport_size["width"], shot.shape
     assert shot.std() > 5, f"{name} would be a blank screenshot"
@@ -161,6 +191,89 @@ def screenshot(page, name: str) -> None:  # type: ignore[no-untyped-def]
 def most_active_dimension(page) -> int:  # type: ignore[no-untyped-def]
     kl = page.evaluate("window.latentzExplorer.model.card.latent_stats.kl")
     return int(np.argmax(kl))
+
+
+class Stroke:
+    """One stroke on the pad with the real mouse, or real touches at phone width, that a test can pause."""
+
+    def __init__(self, page, selector: str = "#pad") -> None:  # type: ignore[no-untyped-def]
+        self.page = page
+        self.selector = selector
+        self.cdp = page.context.new_cdp_session(page) if page.touch else None
+        self.at: tuple[float, float] | None = None
+
+    def _xy(self, fx: float, fy: float) -> tuple[float, float]:
+        box = self.page.locator(self.selector).bounding_box()
+        return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+    def _touch(self, kind: str, points: list[tuple[float, float]]) -> None:
+        self.cdp.send(
+            "Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y} for x, y in points]}
+        )
+
+    def down(self, fx: float, fy: float) -> None:
+        self.at = self._xy(fx, fy)
+        if self.cdp:
+            self._touch("touchStart", [self.at])
+        else:
+            self.page.mouse.move(*self.at)
+            self.page.mouse.down()
+
+    def move(self, fx: float, fy: float, steps: int = 10) -> None:
+        (x0, y0), (x1, y1) = self.at, self._xy(fx, fy)
+        for t in range(1, steps + 1):
+            x, y = x0 + (x1 - x0) * t / steps, y0 + (y1 - y0) * t / steps
+            if self.cdp:
+                self._touch("touchMove", [(x, y)])
+            else:
+                self.page.mouse.move(x, y)
+        self.at = (x1, y1)
+
+    def up(self) -> None:
+        if self.cdp:
+            self._touch("touchEnd", [])
+        else:
+            self.page.mouse.up()
+
+
+def viewport_box(page, selector: str) -> tuple[float, float, float, float]:  # type: ignore[no-untyped-def]
+    """(left, top, right, bottom) of an element on screen, in CSS pixels."""
+    return tuple(
+        page.evaluate(
+            "(s) => { const r = document.querySelector(s).getBoundingClientRect();"
+            " return [r.left, r.top, r.right, r.bottom]; }",
+            selector,
+        )
+    )
+
+
+def assert_in_view(page, selector: str) -> None:  # type: ignore[no-untyped-def]
+    """The element is wholly on screen, and nothing (a sticky bar) covers its middle."""
+    left, top, right, bottom = viewport_box(page, selector)
+    width, height = page.evaluate("[innerWidth, innerHeight]")
+    slack = 1  # sub-pixel layout: an element scrolled to the very top may start at -0.1 px
+    assert -slack <= left and right <= width + slack and -slack <= top and bottom <= height + slack, (
+        selector,
+        (left, top, right, bottom),
+    )
+    inset_x, inset_y = min(4, (right - left) / 4), min(4, (bottom - top) / 4)
+    for x, y in itertools.product(
+        (left + inset_x, (left + right) / 2, right - inset_x),
+        (top + inset_y, (top + bottom) / 2, bottom - inset_y),
+    ):
+        covered_by = page.evaluate(
+            "([s, x, y]) => { const e = document.elementFromPoint(x, y), t = document.querySelector(s);"
+            " return t === e || t.contains(e) ? null : e.outerHTML.slice(0, 80); }",
+            [selector, x, y],
+        )
+        assert covered_by is None, f"{selector} is covered at ({x:.0f}, {y:.0f}) by {covered_by}"
+
+
+def other_explorable_model(page) -> str | None:  # type: ignore[no-untyped-def]
+    return page.evaluate(
+        "() => [...document.querySelectorAll('#model option')].map((o) => o.value)"
+        ".find((name) => name !== document.querySelector('#model').value) ?? null"
+    )
 
 
 # -- explorer ---------------------------------------------------------------------------------------
@@ -221,7 +334,7 @@ def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_r
         float(page.get_attribute(f"#z-{dimension}", "min")), abs=1e-5
     )
     assert "outside" not in page.get_attribute(f".dim[data-index='{dimension}']", "class")
-    assert "decode" in page.inner_text("#timing")
+    assert page.inner_text("#timing").startswith("Decoded in ")
 
 
 def test_releasing_the_mouse_outside_the_pad_ends_the_stroke(page) -> None:  # type: ignore[no-untyped-def]
@@ -246,8 +359,8 @@ def test_drawing_before_the_models_load_shows_progress_then_is_encoded(page) -> 
     page.goto("/explorer")
     page.wait_for_function("() => document.querySelector('.progress-label').textContent.includes('Loading')")
     draw(page, ONE)
-    label = page.inner_text(".progress-label")
-    assert "your drawing will be encoded as soon as the model is ready" in label
+    assert "Your drawing will be encoded as soon as the model is ready." in page.inner_text("#timing")
+    assert "Loading" in page.inner_text(".progress-label")
     assert page.is_visible("#output-overlay")
     assert "Loading" in page.inner_text("#output-overlay")
     assert page.evaluate("window.latentzExplorer.decoder") is None
@@ -363,6 +476,285 @@ def test_touch_drawing_at_phone_width(browser, live_server: LiveServer) -> None:
         context.close()
 
 
+BAD_LINKS = {
+    "unknown model": ("#model=nosuch&z=AAAA", "a model named “nosuch”, which this server does not have"),
+    "3-byte latent": ("#model={model}&z=AAAA", "is 3 bytes long, but each latent value takes 4 bytes"),
+    "not base64": ("#model={model}&z=!!!notbase64", "(z=!!!notbase64) is not the letters, digits"),
+    "wrong length": ("#model={model}&z=" + "A" * 43, "holds 8 latent values, but {model} has"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LINKS))
+def test_a_bad_share_link_says_what_is_wrong_with_it_and_the_message_stays(
+    page, web_model: str, case: str
+) -> None:  # type: ignore[no-untyped-def]
+    fragment, expected = (text.format(model=web_model) for text in BAD_LINKS[case])
+    page.goto("/explorer" + fragment)
+    wait_ready(page)
+    wait_rendered(page)
+    # Still there once the model has loaded (loading used to clear it), and a sentence about the link.
+    assert page.is_visible("#link-error")
+    assert page.inner_text("#link-error .banner-title") == "This share link cannot be shown."
+    message = page.inner_text("#link-error .banner-message")
+    assert expected in message
+    assert message.endswith(" instead.") and message[0].isupper(), message
+    # What is shown instead: the model's average image, never a blank or half-read latent.
+    mean = page.evaluate("window.latentzExplorer.model.card.latent_stats.mean")
+    np.testing.assert_allclose(state(page, "latent"), mean, rtol=1e-6)
+    assert page.input_value("#model") == web_model
+    draw(page, ONE)  # the page works as usual, and the message about the link stays
+    wait_encoded(page)
+    assert page.is_visible("#link-error")
+    page.click("#link-error button")
+    assert page.is_hidden("#link-error")
+
+
+def test_the_pad_stays_put_while_the_model_loads_in_the_middle_of_a_stroke(sized_page) -> None:  # type: ignore[no-untyped-def]
+    page = sized_page
+    held = []
+    page.route("**/files/*.onnx", lambda route: held.append(route))
+    page.goto("/explorer")
+    page.wait_for_function("() => document.querySelector('.progress-label').textContent.includes('Loading')")
+    for _ in range(200):
+        if len(held) == 2:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == 2, "the page should be fetching the encoder and the decoder"
+    page.locator("#pad").scroll_into_view_if_needed()
+    where = [viewport_box(page, "#pad")]
+    stroke = Stroke(page)
+    stroke.down(0.25, 0.22)
+    stroke.move(0.75, 0.22)
+    where.append(viewport_box(page, "#pad"))  # the page now says it will encode the drawing later
+    note = page.inner_text("#timing")
+    for route in held:
+        route.continue_()
+    wait_ready(page)  # the model finished loading while the finger is still down
+    where.append(viewport_box(page, "#pad"))
+    stroke.move(0.42, 0.85)
+    stroke.up()
+    wait_encoded(page)
+    wait_rendered(page)
+    where.append(viewport_box(page, "#pad"))
+    assert all(box == where[0] for box in where), f"the pad moved while drawing: {where}"
+    assert note == "Your drawing will be encoded as soon as the model is ready."
+    assert pad_ink(page) > 0
+
+
+PROGRESS_RECORDER = """
+window.progressSeen = { bar: [], label: [], overlay: [] };
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.querySelector("#progress progress");
+  const label = document.querySelector("#progress .progress-label");
+  const overlay = document.querySelector("#output-overlay");
+  // Every value each of them ever held, in order: the old value of every mutation, then the current one.
+  const seen = window.progressSeen;
+  seen.now = () => ({
+    bar: bar.getAttribute("value"), label: label.textContent, overlay: overlay.textContent,
+  });
+  new MutationObserver((records) => {
+    for (const record of records) {
+      const old = record.removedNodes[0]?.textContent ?? record.oldValue;
+      if (record.target === bar) seen.bar.push(record.oldValue);
+      else if (label.contains(record.target)) seen.label.push(old);
+    }
+  }).observe(document.getElementById("progress"), {
+    attributes: true, attributeFilter: ["value"], attributeOldValue: true, subtree: true,
+    childList: true, characterData: true, characterDataOldValue: true,
+  });
+  new MutationObserver((records) => {
+    for (const record of records) seen.overlay.push(record.removedNodes[0]?.textContent ?? record.oldValue);
+  }).observe(overlay, { childList: true, characterData: true, characterDataOldValue: true, subtree: true });
+});
+"""
+
+
+def test_download_progress_never_goes_backwards_and_its_total_is_known_from_the_start(page) -> None:  # type: ignore[no-untyped-def]
+    page.add_init_script(PROGRESS_RECORDER)
+    page.goto("/explorer")
+    wait_ready(page)
+    seen = page.evaluate("() => ({ ...window.progressSeen, now: window.progressSeen.now() })")
+    bars = [float(value) for value in [*seen["bar"], seen["now"]["bar"]] if value is not None]
+    labels = [*seen["label"], seen["now"]["label"]]
+    overlays = [*seen["overlay"], seen["now"]["overlay"]]
+    percents = [int(m) for text in overlays for m in re.findall(r"(\d+)%", text or "")]
+    assert len(bars) > 5 and len(percents) > 5, (bars, percents)
+    assert all(a <= b for a, b in itertools.pairwise(bars)), f"the bar went backwards: {bars}"
+    assert all(a <= b for a, b in itertools.pairwise(percents)), f"the percentage went backwards: {percents}"
+    assert bars[-1] == 1 and percents[-1] == 100
+    figures = [
+        tuple(map(float, m.groups())) for text in labels if (m := re.search(r"([\d.]+) of ([\d.]+) MB", text))
+    ]
+    assert figures, labels
+    assert len({total for _, total in figures}) == 1, f"the total changed while loading: {figures}"
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(figures)), figures
+    # The total is every file the page waited for, as it came over the wire.
+    transferred = page.evaluate(
+        """() => performance.getEntriesByType("resource")
+            .filter((entry) => /\\.(wasm|onnx)$/.test(entry.name))
+            .reduce((sum, entry) => sum + entry.encodedBodySize, 0)"""
+    )
+    assert figures[0][1] == pytest.approx(transferred / 1e6, abs=0.051)
+    assert figures[-1][0] == figures[-1][1]
+
+
+def test_use_as_a_and_b_keep_the_image_on_screen_and_a_model_switch_resets_the_mix(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/explorer")
+    wait_ready(page)
+    draw(page, ONE)
+    drawn = wait_encoded(page)
+    page.click("#random")
+    wait_rendered(page)
+    sampled = state(page, "latent")
+    page.click("#set-a")
+    np.testing.assert_array_equal(state(page, "pointA"), sampled)
+    assert not np.array_equal(sampled, drawn)
+    dimension = most_active_dimension(page)
+    page.fill(f"#z-{dimension}-value", "1.5")
+    wait_rendered(page)
+    edited = state(page, "latent")
+    page.click("#set-b")
+    np.testing.assert_array_equal(state(page, "pointB"), edited)
+    assert page.input_value("#mix") == "1" and page.inner_text("#mix-value") == "1.00", "the screen shows B"
+    page.locator("#mix").fill("0.5")
+    wait_rendered(page)
+    np.testing.assert_allclose(state(page, "latent"), (sampled + edited) / 2, atol=1e-6)
+
+    other = other_explorable_model(page)
+    if other is None:
+        pytest.skip("only one explorable model is installed")
+    page.select_option("#model", other)
+    page.wait_for_function(f"() => window.latentzExplorer.model.name === {other!r}")
+    wait_ready(page)
+    assert page.input_value("#mix") == "0" and page.inner_text("#mix-value") == "0.00"
+    assert page.is_disabled("#mix")
+    assert page.inner_text("#ab-state").startswith("A is not set, B is not set.")
+
+
+def test_copy_puts_the_link_on_the_clipboard_and_the_button_says_copy_again(
+    browser, live_server: LiveServer
+) -> None:  # type: ignore[no-untyped-def]
+    context, page = _new_page(browser, live_server, viewport={"width": 1100, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    try:
+        page.goto("/explorer")
+        wait_ready(page)
+        copied = "() => document.querySelector('#copy').textContent === 'Copied'"
+        page.click("#copy")
+        page.wait_for_function(copied)
+        assert page.evaluate("navigator.clipboard.readText()") == page.input_value("#share-link")
+        page.wait_for_function("() => document.querySelector('#copy').textContent === 'Copy'")
+        page.click("#copy")
+        page.wait_for_function(copied)
+        page.fill(f"#z-{most_active_dimension(page)}-value", "0.75")  # a new link: the copied one is stale
+        assert page.inner_text("#copy") == "Copy"
+        assert page.uncaught == []
+    finally:
+        context.close()
+
+
+def drag_slider(page, selector: str, fractions: list[float], check) -> None:  # type: ignore[no-untyped-def]
+    """Drag a range input's thumb through `fractions` of its width (mouse, or touch on a phone), calling
+    `check()` at every step while the pointer is down."""
+    page.locator(selector).scroll_into_view_if_needed()
+    left, top, right, bottom = viewport_box(page, selector)
+    y = (top + bottom) / 2
+    value = float(page.input_value(selector))
+    low, high = float(page.get_attribute(selector, "min")), float(page.get_attribute(selector, "max"))
+    start = left + (right - left) * (value - low) / (high - low)
+    points = [start] + [left + (right - left) * f for f in fractions]
+    if page.touch:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": start, "y": y}]})
+        for x in points[1:]:
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+            check()
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    else:
+        page.mouse.move(start, y)
+        page.mouse.down()
+        for x in points[1:]:
+            page.mouse.move(x, y, steps=4)
+            check()
+        page.mouse.up()
+
+
+@pytest.mark.parametrize(
+    ("viewport", "model_name"), [("phone", None), ("desktop", "mnist-z32")], ids=["phone", "desktop-z32"]
+)
+def test_the_decoded_image_stays_in_view_while_drawing_and_moving_the_last_slider(
+    browser, live_server: LiveServer, web_model: str, viewport: str, model_name: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    context, page = _new_page(browser, live_server, **VIEWPORTS[viewport])
+    page.touch = viewport == "phone"
+    try:
+        page.goto("/explorer")
+        wait_ready(page)
+        name = model_name or web_model
+        if page.input_value("#model") != name:
+            if not page.locator(f"#model option[value='{name}']").count():
+                pytest.skip(f"{name} is not installed")
+            page.select_option("#model", name)
+            page.wait_for_function(f"() => window.latentzExplorer.model?.name === {name!r}")
+            wait_ready(page)
+        # Drawing: the pad scrolled to the top of the screen, the output still in view beside or above it.
+        page.locator("#pad").evaluate("(pad) => pad.scrollIntoView({ block: 'start' })")
+        assert_in_view(page, "#pad")
+        assert_in_view(page, "#output")
+        stroke = Stroke(page)
+        stroke.down(0.25, 0.22)
+        stroke.move(0.75, 0.22)
+        assert_in_view(page, "#output")
+        stroke.move(0.42, 0.85)
+        stroke.up()
+        wait_encoded(page)
+        wait_rendered(page)
+
+        last = page.evaluate("window.latentzExplorer.dim") - 1
+        slider = f"#z-{last}"
+        before = pixels(page, "#output")
+        values = []
+
+        def output_in_view() -> None:
+            assert_in_view(page, "#output")
+            values.append(float(page.input_value(slider)))
+
+        drag_slider(page, slider, [0.7, 0.85, 1.0], output_in_view)
+        assert_in_view(page, slider)
+        wait_rendered(page)
+        assert len(set(values)) > 1, f"dragging the thumb should move the slider: {values}"
+        assert state(page, "latent")[last] == pytest.approx(values[-1], abs=1e-5)
+        assert np.abs(pixels(page, "#output").astype(int) - before.astype(int)).max() > 0
+        if viewport == "phone":
+            screenshot(page, "explorer-phone-sliders.png", full_page=False)
+        assert page.uncaught == []
+    finally:
+        context.close()
+
+
+def test_the_home_page_fits_a_phone_screen(browser, live_server: LiveServer) -> None:  # type: ignore[no-untyped-def]
+    context, page = _new_page(browser, live_server, **VIEWPORTS["phone"])
+    try:
+        page.goto("/")
+        page.wait_for_function("() => !document.querySelector('#models').textContent.includes('Loading')")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, (
+            "no sideways scrolling on a phone"
+        )
+        clipped = page.evaluate(
+            """() => [...document.querySelectorAll('main *')].filter((e) => {
+                const r = e.getBoundingClientRect();
+                if (r.width <= 1) return false; // visually hidden, for screen readers (the table's header)
+                return r.right > innerWidth + 0.5 ||
+                    e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible';
+            }).map((e) => e.outerHTML.slice(0, 60))"""
+        )
+        assert clipped == [], f"cut off at 390 px: {clipped}"
+        assert page.locator("#models tr").count() >= 1
+        assert page.uncaught == []
+    finally:
+        context.close()
+
+
 # -- codec ------------------------------------------------------------------------------------------
 def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showed(
     page, model: runtime.ModelRuntime, web_model: str, tmp_path: Path
@@ -380,7 +772,14 @@ def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showe
     assert report["original"]["bytes"] == photo.stat().st_size
     assert f"{photo.stat().st_size:,} bytes" in page.inner_text("#stat-original")
     assert f"{report['latentz']['bytes']} bytes" in page.inner_text("#stat-latentz")
-    assert f"{report['ratio']:.1f}×" in page.inner_text("#stat-ratio")
+    assert f"{report['ratio']:.1f}× smaller than the upload" in page.inner_text("#stat-ratio")
+    caption = page.inner_text("#webp-caption")
+    if report["webp"]["fits_budget"]:
+        assert caption.startswith("WebP at the same budget · ")
+    else:  # a digit's .latentz is smaller than any WebP: the caption must not call it the same budget
+        factor = report["webp"]["bytes"] / report["latentz"]["bytes"]
+        assert caption.startswith(f"WebP's smallest file, {factor:.1f}× bigger than the .latentz · "), caption
+        assert page.inner_text("#stat-webp-title") == "WebP's smallest file"
     assert f"{report['reconstruction']['psnr']:.2f} dB" in page.inner_text("#stat-psnr")
     assert "bytes, PSNR" in page.inner_text("#stat-webp")
     assert page.evaluate("document.querySelector('#webp').naturalWidth") == model.config.image_size
@@ -405,6 +804,61 @@ def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showe
     assert page.evaluate("window.latentzCodec.latentz.bytes") <= len(blob)
 
 
+def test_codec_page_opens_its_file_in_the_receiver_without_a_download(
+    page, model: runtime.ModelRuntime, web_model: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    photo = tmp_path / "four.png"
+    Image.fromarray(sample_digit(4)).save(photo)
+    downloads = []
+    page.on("download", lambda download: downloads.append(download))
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.select_option("#model", web_model)
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    report = page.evaluate("window.latentzCodec")
+    shown_by_codec = data_url_image(page, "#reconstruction")
+    page.click("#open-receiver")
+    page.wait_for_url("**/receiver#from=codec")
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    decoded = pixels(page, "#decoded")
+    assert decoded.shape[:2] == shown_by_codec.shape[:2]
+    assert np.abs(decoded[:, :, 0].astype(int) - shown_by_codec.astype(int)).max() <= 1
+    received = page.evaluate("window.latentzReceiver")
+    assert received["name"] == report["latentz"]["filename"] == "four.latentz"
+    assert received["bytes"] == report["latentz"]["bytes"]
+    assert f"four.latentz: {report['latentz']['bytes']} B" in page.inner_text("#info-file")
+    assert downloads == [], "nothing is downloaded on the way"
+    page.reload()  # the hand-over lasts for this tab: a reload shows the same file
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    np.testing.assert_array_equal(pixels(page, "#decoded"), decoded)
+
+
+def test_codec_page_says_bigger_when_the_latentz_is_bigger_than_the_upload(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A 43-byte GIF through mnist-z32 at quality 100 makes a 52-byte file: bigger, not "0.8× smaller"."""
+    if not page.goto("/api/models/mnist-z32").ok:
+        pytest.skip("mnist-z32 is not installed")
+    tiny = tmp_path / "dot.gif"
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tiny, format="GIF")
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.select_option("#model", "mnist-z32")
+    page.fill("#quality", "100")
+    page.dispatch_event("#quality", "input")
+    page.set_input_files("#file", str(tiny))
+    page.wait_for_function(
+        "() => window.latentzCodec?.quality === 100 && document.body.dataset.state === 'done'"
+    )
+    report = page.evaluate("window.latentzCodec")
+    upload, coded = report["original"]["bytes"], report["latentz"]["bytes"]
+    assert coded > upload, (coded, upload)
+    percent = round(100 * (coded / upload - 1))
+    assert page.inner_text("#stat-ratio").startswith(f"{percent}% bigger than the upload, "), page.inner_text(
+        "#stat-ratio"
+    )
+    assert "smaller than the model's raw input" in page.inner_text("#stat-ratio")
+
+
 def test_codec_page_says_when_a_file_is_not_an_image(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is a shopping list, not a photo")
@@ -413,8 +867,11 @@ def test_codec_page_says_when_a_file_is_not_an_image(page, tmp_path: Path) -> No
     page.set_input_files("#file", str(fake))
     page.wait_for_selector("body[data-state=failed]")
     assert page.is_visible("#error")
-    assert "Not an image" in page.inner_text("#error-title")
-    assert "not a supported image" in page.inner_text("#error-message")
+    assert page.inner_text("#error-title") == "This file is not an image the codec can read."
+    assert page.inner_text("#error-message") == (
+        "The file holiday.jpg is not a JPEG, PNG, WebP, GIF, BMP or TIFF image "
+        "(judged by its content, not its name)."
+    )
 
 
 # -- receiver ---------------------------------------------------------------------------------------
@@ -435,6 +892,22 @@ def test_receiver_decodes_a_latentz_file_in_the_browser(
     assert f"{len(blob)} B" in page.inner_text("#info-file")
     assert "entropy decoding was done by the server" in page.inner_text("#info-timing")
     screenshot(page, "receiver.png")
+
+
+def test_receiver_saves_the_decoded_image_as_a_png(page, model: runtime.ModelRuntime, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    blob = model.compress(model.prepare(sample_digit(3)[:, :, None]).image, quality=60)
+    path = tmp_path / "seven.latentz"
+    path.write_bytes(blob)
+    page.goto("/receiver")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    name, png = saved_image(page, tmp_path)
+    assert name == "seven.png"
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    saved = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+    shown = pixels(page, "#decoded")
+    assert saved.shape == shown.shape == (*model.decompress(blob).shape[:2], 4)
+    np.testing.assert_array_equal(saved, shown)
 
 
 def test_receiver_explains_corrupt_foreign_and_non_latentz_files(
@@ -459,9 +932,15 @@ def test_receiver_explains_corrupt_foreign_and_non_latentz_files(
     image = io.BytesIO()
     Image.fromarray(sample_digit(2)).save(image, format="PNG")
     cases = [
-        ("corrupt.latentz", bytes(corrupt), "Corrupt .latentz file", "checksum mismatch"),
-        ("foreign.latentz", foreign, "Made by a model this server does not have", "deadbeef"),
-        ("renamed.latentz", image.getvalue(), "Not a .latentz file", "not a .latentz file"),
+        ("corrupt.latentz", bytes(corrupt), "This .latentz file is damaged.", "Checksum mismatch"),
+        ("foreign.latentz", foreign, "This file was made by a model this server does not have.", "deadbeef"),
+        (
+            "renamed.latentz",
+            image.getvalue(),
+            "This is an image, not a .latentz file.",
+            "The file renamed.latentz is a picture",
+        ),
+        ("notes.latentz", b"shopping list", "This is not a .latentz file.", "does not begin with “LZ”"),
     ]
     page.goto("/receiver")
     for name, data, title, message in cases:
@@ -470,7 +949,10 @@ def test_receiver_explains_corrupt_foreign_and_non_latentz_files(
         page.set_input_files("#file", str(path))
         page.wait_for_selector("body[data-state=failed]")
         assert page.inner_text("#error-title") == title
-        assert message in page.inner_text("#error-message")
+        shown = page.inner_text("#error-message")
+        assert message in shown
+        assert shown[0].isupper() and shown.endswith("."), shown  # a sentence
+        assert "b'" not in shown and "POST" not in shown and "/api/" not in shown, shown
         assert page.is_hidden("#result")
         page.evaluate("document.body.dataset.state = 'idle'")
 
@@ -511,7 +993,8 @@ def test_codec_page_codes_a_held_out_car_at_its_own_size(page, tmp_path: Path) -
     fake.write_bytes(b"\xff\xd8\xff\xe0 cut short")
     page.set_input_files("#file", str(fake))
     page.wait_for_selector("body[data-state=failed]", timeout=LOAD_TIMEOUT_MS)
-    assert "corrupt JPEG image" in page.inner_text("#error-message")
+    assert page.inner_text("#error-title") == "This image could not be read."
+    assert page.inner_text("#error-message").startswith("Corrupt JPEG image")
     assert page.is_hidden("#result")
 
 
@@ -529,3 +1012,8 @@ def test_receiver_decodes_a_photo_from_a_spatial_model(page, spatial_web_model: 
     expected = model.decompress(blob)
     assert decoded.shape[:2] == (37, 52)
     assert np.abs(decoded[:, :, :3].astype(int) - expected.astype(int)).max() <= 2
+    name, png = saved_image(page, tmp_path)
+    assert name == "photo.png" and png.startswith(b"\x89PNG")
+    saved = Image.open(io.BytesIO(png))
+    assert saved.size == (52, 37)  # its own size, not the canvas's on screen
+    np.testing.assert_array_equal(np.asarray(saved.convert("RGBA")), decoded)

@@ -21,7 +21,7 @@ export async function api(url, { method = "GET", body = undefined, as = "json" }
   try {
     response = await fetch(url, { method, body });
   } catch (error) {
-    throw new ApiError(`could not reach the latentz server (${error.message})`, { code: "network" });
+    throw new ApiError(`Could not reach the latentz server (${error.message}). Is it still running?`, { code: "network" });
   }
   if (!response.ok) {
     let payload = null;
@@ -39,21 +39,41 @@ export async function api(url, { method = "GET", body = undefined, as = "json" }
 }
 
 // -- banner and status ------------------------------------------------------------------------
-export function showError(message, { title = "Something went wrong" } = {}) {
-  const banner = $("#error");
-  $("#error-title", banner).textContent = title;
-  $("#error-message", banner).textContent = message;
-  banner.hidden = false;
+/**
+ * A message as people read it: a capital first letter and a full stop ("checksum mismatch" ->
+ * "Checksum mismatch."). A first word that is a name (mnist-z10, a file name) keeps its case.
+ */
+export function sentence(text) {
+  const trimmed = String(text ?? "").trim();
+  if (!trimmed) return "";
+  const capital = /^[a-z]+(?=[\s,:;]|$)/.test(trimmed) ? trimmed[0].toUpperCase() + trimmed.slice(1) : trimmed;
+  return /[.!?…]$/.test(capital) ? capital : `${capital}.`;
 }
 
-export function clearError() {
-  $("#error").hidden = true;
+/**
+ * Show `message` under `title` in a banner (`#error` unless `banner` names another). Both are
+ * shown as sentences. A banner stays until its × is pressed or the page clears it.
+ */
+export function showError(message, { title = "Something went wrong.", banner = "#error" } = {}) {
+  const element = $(banner);
+  $(".banner-title", element).textContent = sentence(title);
+  $(".banner-message", element).textContent = sentence(message);
+  element.hidden = false;
+}
+
+export function clearError(banner = "#error") {
+  const element = $(banner);
+  if (element) element.hidden = true;
 }
 
 export function installErrorBanner() {
-  $("#error-close")?.addEventListener("click", clearError);
+  for (const banner of document.querySelectorAll(".banner")) {
+    $("button", banner)?.addEventListener("click", () => {
+      banner.hidden = true;
+    });
+  }
   window.addEventListener("unhandledrejection", (event) => {
-    showError(String(event.reason?.message ?? event.reason), { title: "Unexpected error" });
+    showError(String(event.reason?.message ?? event.reason), { title: "Something unexpected went wrong." });
   });
 }
 
@@ -72,6 +92,7 @@ export class Progress {
     this.label.textContent = label;
   }
   finish(label) {
+    this.root.hidden = false;
     this.bar.value = 1;
     this.root.dataset.state = "ready";
     this.label.textContent = label;
@@ -83,49 +104,151 @@ export class Progress {
 }
 
 // -- downloads with progress ------------------------------------------------------------------
-/** Fetch a file as bytes, reporting (receivedBytes, totalBytes) as it streams in. */
-export async function fetchBytes(url, onProgress = () => {}) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (error) {
-    throw new ApiError(`could not download ${url} (${error.message})`, { code: "network" });
+/**
+ * One file being fetched: it starts at once, learns its size from the response headers and
+ * counts bytes as they stream in. One Download per URL is shared by everything on the page
+ * (`download(url)`), so a page can list what it waits for before any byte arrives.
+ */
+export class Download {
+  constructor(url) {
+    this.url = url;
+    this.size = null; // Content-Length of the body as it arrives; null when the server did not say
+    this.received = 0;
+    this.finished = false;
+    this.listeners = new Set();
+    this.headersKnown = new Promise((resolve) => {
+      this.#markHeaders = resolve;
+    });
+    this.result = this.#fetch().finally(this.#markHeaders);
+    this.result.catch(() => {}); // failures are reported by whoever awaits the bytes
   }
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
+
+  #markHeaders;
+  #bytes = null;
+
+  async #fetch() {
+    let response;
     try {
-      message = (await response.json()).error ?? message;
-    } catch {
-      // keep the status line
+      response = await fetch(this.url);
+    } catch (error) {
+      throw new ApiError(`Could not download ${this.url}: the server did not answer (${error.message}).`, {
+        code: "network",
+      });
     }
-    throw new ApiError(`could not download ${url}: ${message}`, { status: response.status });
+    if (!response.ok) {
+      let message = `${response.status} ${response.statusText}`;
+      try {
+        message = (await response.json()).error ?? message;
+      } catch {
+        // keep the status line
+      }
+      throw new ApiError(`Could not download ${this.url}: ${message}`, { status: response.status });
+    }
+    // A compressed response's Content-Length counts compressed bytes, but the stream yields
+    // decompressed ones: then the length is only a lower bound, and progress is capped below 1.
+    const length = Number(response.headers.get("content-length"));
+    this.size = length > 0 ? length : null;
+    this.compressed = Boolean(response.headers.get("content-encoding"));
+    this.#markHeaders();
+    this.#notify();
+    const chunks = [];
+    if (response.body) {
+      const reader = response.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        chunks.push(value);
+        this.received += value.length;
+        this.#notify();
+      }
+    } else {
+      chunks.push(new Uint8Array(await response.arrayBuffer()));
+      this.received = chunks[0].length;
+    }
+    const bytes = new Uint8Array(this.received);
+    let offset = 0;
+    for (const chunk of chunks) {
+      bytes.set(chunk, offset);
+      offset += chunk.length;
+    }
+    this.#bytes = bytes;
+    this.finished = true;
+    this.#notify();
   }
-  const total = Number(response.headers.get("content-length")) || 0;
-  if (!response.body) {
-    const buffer = new Uint8Array(await response.arrayBuffer());
-    onProgress(buffer.length, total || buffer.length);
-    return buffer;
+
+  /** How much of this file is in, 0..1, or null while its size is unknown. */
+  fraction() {
+    if (this.finished) return 1;
+    if (!this.size) return null;
+    return Math.min(this.received / this.size, 0.99);
   }
-  const reader = response.body.getReader();
-  const chunks = [];
-  let received = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    received += value.length;
-    onProgress(received, total);
+
+  /** The bytes, once; the Download forgets them so big files are not kept twice. */
+  async take() {
+    await this.result;
+    const bytes = this.#bytes;
+    this.#bytes = null;
+    return bytes;
   }
-  const bytes = new Uint8Array(received);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.length;
+
+  subscribe(listener) {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
-  return bytes;
+
+  #notify() {
+    for (const listener of this.listeners) listener(this);
+  }
+}
+
+const downloads = new Map();
+
+/** The shared Download of `url`, started on first use (and again after a failure). */
+export function download(url) {
+  if (!downloads.has(url)) {
+    const started = new Download(url);
+    downloads.set(url, started);
+    started.result.catch(() => downloads.delete(url));
+  }
+  return downloads.get(url);
+}
+
+/**
+ * Watch several downloads as one: `onUpdate({fraction, done, total})` gets figures only once every
+ * file's size is known (so the total never grows), and the fraction never goes down. Before that,
+ * or for good when a response came without a Content-Length, `fraction` and `total` are null (an
+ * indeterminate bar; `done` counts the bytes so far). Returns a function that stops watching.
+ */
+export function watchDownloads(list, onUpdate) {
+  let sizesKnown = false;
+  let shown = 0;
+  const report = () => {
+    if (!sizesKnown || list.some((each) => each.size === null && !each.finished)) {
+      onUpdate({ fraction: null, done: list.reduce((sum, each) => sum + each.received, 0), total: null });
+      return;
+    }
+    const weights = list.map((each) => each.size ?? each.received);
+    const total = weights.reduce((sum, weight) => sum + weight, 0) || 1;
+    const done = list.reduce((sum, each, i) => sum + each.fraction() * weights[i], 0);
+    shown = Math.max(shown, done / total);
+    onUpdate({ fraction: shown, done: shown * total, total });
+  };
+  const unsubscribe = list.map((each) => each.subscribe(report));
+  report();
+  Promise.all(list.map((each) => each.headersKnown)).then(() => {
+    sizesKnown = true;
+    report();
+  });
+  return () => unsubscribe.forEach((stop) => stop());
+}
+
+/** "3.1 of 6.0 MB" */
+export function megabytes(done, total) {
+  return `${(done / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`;
 }
 
 // -- onnxruntime-web --------------------------------------------------------------------------
+export const ORT_WASM_URL = `${ORT_DIR}ort-wasm-simd-threaded.wasm`;
 let ortPromise = null;
 const sessions = new Map();
 
@@ -135,10 +258,23 @@ export function requestedThreads(fallback = 1) {
   return Number.isInteger(fromUrl) && fromUrl > 0 ? fromUrl : fallback;
 }
 
+/**
+ * The downloads still needed before these ONNX files (and the runtime) can run: what is already
+ * loaded is left out, what is on its way is included. Calling this starts them all at once, so
+ * their sizes are known before any progress is shown.
+ */
+export function pendingDownloads(onnxUrls) {
+  const urls = [];
+  if (!ortPromise || downloads.has(ORT_WASM_URL)) urls.push(ORT_WASM_URL);
+  for (const url of onnxUrls) if (!sessions.has(url) || downloads.has(url)) urls.push(url);
+  return urls.map(download);
+}
+
 /** Import onnxruntime-web once, with its 14 MB WebAssembly binary fetched by us (to show progress). */
-export function loadOrt(onProgress = () => {}, threads = 1) {
+export function loadOrt(threads = 1) {
   if (!ortPromise) {
     ortPromise = (async () => {
+      const wasm = download(ORT_WASM_URL);
       let ort;
       try {
         ort = await import(`${ORT_DIR}ort.wasm.min.mjs`);
@@ -150,10 +286,10 @@ export function loadOrt(onProgress = () => {}, threads = 1) {
         } catch {
           // keep the import error
         }
-        throw new Error(`onnxruntime-web could not be loaded: ${detail}`);
+        throw new Error(`The in-browser runtime (onnxruntime-web) could not be loaded: ${detail}`);
       }
-      const binary = await fetchBytes(`${ORT_DIR}ort-wasm-simd-threaded.wasm`, onProgress);
-      ort.env.wasm.wasmBinary = binary;
+      ort.env.wasm.wasmBinary = await wasm.take();
+      downloads.delete(ORT_WASM_URL);
       ort.env.wasm.numThreads = crossOriginIsolated ? threads : 1;
       ort.env.logLevel = "error";
       return ort;
@@ -166,17 +302,18 @@ export function loadOrt(onProgress = () => {}, threads = 1) {
 }
 
 /** One InferenceSession per ONNX URL, created once and shared by everything on the page. */
-export function loadSession(ort, url, onProgress = () => {}) {
+export function loadSession(ort, url) {
   if (!sessions.has(url)) {
     const promise = (async () => {
-      const bytes = await fetchBytes(url, onProgress);
+      const bytes = await download(url).take();
+      downloads.delete(url);
       try {
         return await ort.InferenceSession.create(bytes, {
           executionProviders: ["wasm"],
           graphOptimizationLevel: "all",
         });
       } catch (error) {
-        throw new Error(`could not create an ONNX session from ${url}: ${error.message ?? error}`);
+        throw new Error(`The model file ${url} could not be opened in the browser: ${error.message ?? error}`);
       }
     })();
     sessions.set(url, promise);
@@ -217,11 +354,29 @@ export function paint(canvas, imageData) {
   canvas.getContext("2d").putImageData(imageData, 0, 0);
 }
 
+// -- the codec page -> receiver hand-over ------------------------------------------------------
+/** The codec page leaves its .latentz here (this tab's sessionStorage) and opens `/receiver#from=codec`. */
+export const HANDOFF_KEY = "latentz.handoff";
+export const HANDOFF_HASH = "#from=codec";
+
 // -- small helpers ----------------------------------------------------------------------------
 export function formatBytes(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
   return `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
+}
+
+/**
+ * How big `size` is next to `reference`, the way people say it: "210.8× smaller than",
+ * "21% bigger than", "about the same size as". (A ratio alone made 6,930 bytes "1.0× smaller" than 6,722.)
+ */
+export function sizeComparison(size, reference) {
+  const smaller = size < reference;
+  const factor = smaller ? reference / size : size / reference;
+  const word = smaller ? "smaller" : "bigger";
+  if (factor >= 1.95) return `${factor.toFixed(1)}× ${word} than`;
+  const percent = Math.round(100 * Math.abs(1 - size / reference));
+  return percent === 0 ? "about the same size as" : `${percent}% ${word} than`;
 }
 
 export function base64ToBytes(text) {

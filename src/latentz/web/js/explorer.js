@@ -13,15 +13,19 @@ import {
   listModels,
   loadOrt,
   loadSession,
+  megabytes,
   paint,
+  pendingDownloads,
   requestedThreads,
   showError,
   toImageData,
+  watchDownloads,
 } from "./common.js";
 import { preprocessDrawing } from "./digits.js";
 
-const ORT_BYTES_ESTIMATE = 14_000_000;
 const TIMING_WINDOW = 240;
+const COPIED_FOR_MS = 2000;
+const WAITING_NOTE = "Your drawing will be encoded as soon as the model is ready.";
 
 /** Everything the page knows; exposed as window.latentzExplorer for the tests and the benchmark. */
 const state = {
@@ -137,9 +141,8 @@ function padAlpha() {
 
 function requestEncode() {
   state.encodeRequested = true;
-  if (!state.encoder) {
-    progress.update(null, `${progress.label.textContent.replace(/ — .*$/, "")} — your drawing will be encoded as soon as the model is ready`);
-  }
+  // Said beside the output, whose box has a fixed size: nothing above the pad may grow mid-stroke.
+  if (!state.encoder) $("#timing").textContent = WAITING_NOTE;
 }
 
 function preprocessStyle(model) {
@@ -246,32 +249,75 @@ function latentChanged() {
   const view = new DataView(new ArrayBuffer(4 * state.dim));
   state.latent.forEach((value, i) => view.setFloat32(4 * i, value, true));
   const z = bytesToBase64Url(new Uint8Array(view.buffer));
-  $("#share-link").value = `${location.origin}/explorer#model=${encodeURIComponent(state.model.name)}&z=${z}`;
+  const link = `${location.origin}/explorer#model=${encodeURIComponent(state.model.name)}&z=${z}`;
+  if (link !== $("#share-link").value) {
+    $("#share-link").value = link;
+    resetCopyButton(); // what was copied is no longer this link
+  }
 }
 
-function parseShared() {
-  const params = new URLSearchParams(location.hash.slice(1));
+/**
+ * What a share link (`#model=NAME&z=BASE64URL`) holds: the model's name, the latent (float32,
+ * little-endian) and, when the latent cannot be read, `problem`: a sentence saying why.
+ */
+export function readLink(hash) {
+  const params = new URLSearchParams(hash.replace(/^#/, ""));
+  const link = { model: params.get("model"), latent: null, problem: null };
   const z = params.get("z");
-  let latent = null;
-  if (z) {
-    const bytes = base64UrlToBytes(z);
-    if (bytes.length % 4) throw new Error(`the link's latent is ${bytes.length} bytes, not whole float32 values`);
-    const view = new DataView(bytes.buffer);
-    latent = Float32Array.from({ length: bytes.length / 4 }, (_, i) => view.getFloat32(4 * i, true));
+  if (z === null) return link;
+  const damaged = "it may have been damaged or cut short when it was copied";
+  let bytes = null;
+  if (/^[A-Za-z0-9_-]*$/.test(z)) {
+    try {
+      bytes = base64UrlToBytes(z);
+    } catch {
+      bytes = null; // a length no base64 text can have
+    }
   }
-  return { model: params.get("model"), latent };
+  if (bytes === null) {
+    const shown = z.length > 24 ? `${z.slice(0, 24)}…` : z;
+    link.problem = `The link's latent (z=${shown}) is not the letters, digits, “-” and “_” a share link is made of: ${damaged}.`;
+  } else if (bytes.length === 0) {
+    link.problem = "The link's latent (z=) is empty: " + damaged + ".";
+  } else if (bytes.length % 4) {
+    link.problem =
+      `The link's latent is ${bytes.length} bytes long, but each latent value takes 4 bytes, ` +
+      `so the link holds no whole set of values: ${damaged}.`;
+  } else {
+    const view = new DataView(bytes.buffer);
+    const latent = Float32Array.from({ length: bytes.length / 4 }, (_, i) => view.getFloat32(4 * i, true));
+    if (latent.every(Number.isFinite)) link.latent = latent;
+    else link.problem = `The link's latent holds values that are not finite numbers: ${damaged}.`;
+  }
+  return link;
+}
+
+function linkProblem(message, shownInstead) {
+  showError(`${message} The explorer shows ${shownInstead} instead.`, {
+    title: "This share link cannot be shown.",
+    banner: "#link-error",
+  });
 }
 
 function updateButtons() {
   const ready = Boolean(state.decoder);
   $("#random").disabled = !ready;
   $("#reset").disabled = !(ready && state.drawingLatent);
-  $("#set-a").disabled = !(ready && state.drawingLatent);
-  $("#set-b").disabled = !(ready && state.drawingLatent);
+  $("#set-a").disabled = !ready;
+  $("#set-b").disabled = !ready;
   $("#mix").disabled = !(state.pointA && state.pointB);
+  const set = (point) => (point ? "set" : "not set");
   $("#ab-state").textContent =
-    `A: ${state.pointA ? "set" : "not set"} · B: ${state.pointB ? "set" : "not set"}` +
-    (state.pointA && state.pointB ? "" : " (draw, then “Use as A”; draw again, “Use as B”)");
+    state.pointA && state.pointB
+      ? "A and B are set: slide between them."
+      : `A is ${set(state.pointA)}, B is ${set(state.pointB)}. ` +
+        "Press “Use as A” to keep the image you see, make another (draw, sample or slide), then press “Use as B”.";
+}
+
+/** The A ⟷ B slider at `t`, without moving the latent (what is on screen already is A, B or a mix). */
+function setMix(t) {
+  $("#mix").value = String(t);
+  $("#mix-value").textContent = t.toFixed(2);
 }
 
 function gaussian() {
@@ -281,12 +327,15 @@ function gaussian() {
 
 $("#random").addEventListener("click", () => setLatent(Float32Array.from({ length: state.dim }, gaussian)));
 $("#reset").addEventListener("click", () => state.drawingLatent && setLatent(state.drawingLatent));
+// A and B are the image on screen, however it was made: drawn, sampled, slid or typed.
 $("#set-a").addEventListener("click", () => {
-  state.pointA = state.drawingLatent.slice();
+  state.pointA = state.latent.slice();
+  setMix(0);
   updateButtons();
 });
 $("#set-b").addEventListener("click", () => {
-  state.pointB = state.drawingLatent.slice();
+  state.pointB = state.latent.slice();
+  setMix(state.pointA ? 1 : 0);
   updateButtons();
 });
 $("#mix").addEventListener("input", () => {
@@ -294,14 +343,22 @@ $("#mix").addEventListener("input", () => {
   $("#mix-value").textContent = t.toFixed(2);
   setLatent(state.pointA.map((a, i) => (1 - t) * a + t * state.pointB[i]));
 });
+
+let copiedTimer = null;
+function resetCopyButton() {
+  clearTimeout(copiedTimer);
+  $("#copy").textContent = "Copy";
+}
 $("#copy").addEventListener("click", async () => {
   $("#share-link").select();
   try {
     await navigator.clipboard.writeText($("#share-link").value);
     $("#copy").textContent = "Copied";
   } catch {
-    $("#copy").textContent = "Select and copy";
+    $("#copy").textContent = "Press Ctrl+C to copy";
   }
+  clearTimeout(copiedTimer);
+  copiedTimer = setTimeout(resetCopyButton, COPIED_FOR_MS);
 });
 
 // -- the render loop: decode only when the latent changed, at most once per frame -----------
@@ -316,7 +373,7 @@ function frame() {
     state.encodeRequested = false;
     state.encoding = true;
     encodeDrawing()
-      .catch((error) => showError(`encoding your drawing failed: ${error.message}`))
+      .catch((error) => showError(error.message, { title: "Your drawing could not be encoded." }))
       .finally(() => {
         state.encoding = false;
       });
@@ -340,27 +397,60 @@ function frame() {
       state.frameTimes.push(performance.now() - started);
       if (state.decodeTimes.length > TIMING_WINDOW) state.decodeTimes.shift();
       if (state.frameTimes.length > TIMING_WINDOW) state.frameTimes.shift();
-      $("#timing").textContent = `decode ${median(state.decodeTimes).toFixed(2)} ms (median of the last ${state.decodeTimes.length})`;
+      const count = state.decodeTimes.length;
+      $("#timing").textContent =
+        `Decoded in ${median(state.decodeTimes).toFixed(2)} ms` + (count > 1 ? ` (median of the last ${count}).` : ".");
       $("#output-overlay").hidden = true;
       document.body.dataset.ready = "true";
     })
-    .catch((error) => showError(`decoding failed: ${error.message ?? error}`))
+    .catch((error) => showError(String(error.message ?? error), { title: "The image could not be decoded." }))
     .finally(() => {
       state.busy = false;
     });
 }
 
 // -- loading --------------------------------------------------------------------------------
-async function loadModel(name, shared = null) {
+/** The model's mean latent stands in when a link cannot be shown, and before anything is drawn. */
+function meanLatent(model) {
+  return Float32Array.from(model.card.latent_stats.mean);
+}
+
+/** Show download progress for `model`: sizes known before the first figure, never going back. */
+function showLoading(model, token) {
+  const overlay = $("#output-overlay");
+  const pending = pendingDownloads([model.files.encoder, model.files.decoder]);
+  if (!pending.length) {
+    progress.update(null, `Loading ${model.name}…`);
+    return () => {};
+  }
+  return watchDownloads(pending, ({ fraction, done, total }) => {
+    if (token !== state.loadToken) return;
+    if (fraction === null) {
+      const soFar = done ? `: ${(done / 1e6).toFixed(1)} MB so far` : "…";
+      progress.update(null, `Loading ${model.name}${soFar}`);
+      overlay.textContent = "Loading…";
+      return;
+    }
+    progress.update(fraction, `Loading ${model.name}: ${megabytes(done, total)}`);
+    overlay.textContent = `Loading… ${Math.floor(100 * fraction + 1e-9)}%`;
+  });
+}
+
+async function loadModel(name, link = null) {
   const token = ++state.loadToken;
   clearError();
   document.body.dataset.ready = "false";
   state.decoder = null;
   state.encoder = null;
+  state.pointA = state.pointB = null;
+  setMix(0);
   updateButtons();
   $("#output-overlay").hidden = false;
-  $("#output-overlay").textContent = "Loading the model…";
+  $("#output-overlay").textContent = "Loading…";
+  $("#timing").textContent = state.hasInk ? WAITING_NOTE : "";
+  progress.update(null, `Loading ${name}…`);
   const model = await api(`/api/models/${encodeURIComponent(name)}`);
+  if (token !== state.loadToken) return;
   if (!model.card.latent_stats) {
     // An old bundle without training-set statistics: fall back to the prior N(0, 1), and say so.
     const dims = Array.from({ length: model.latent_dim });
@@ -370,99 +460,97 @@ async function loadModel(name, shared = null) {
       p1: dims.map(() => -2.326),
       p99: dims.map(() => 2.326),
     };
-    showError(`${model.name}'s card has no latent_stats, so the sliders span the prior N(0, 1) instead`, {
-      title: "Slider ranges are a guess",
+    showError(`${model.name}'s card has no latent statistics, so the sliders span the prior N(0, 1) instead`, {
+      title: "The slider ranges are a guess.",
     });
   }
-  const downloads = { runtime: [0, ORT_BYTES_ESTIMATE], encoder: [0, 0], decoder: [0, 0] };
-  const report = () => {
-    const done = Object.values(downloads).reduce((sum, [got]) => sum + got, 0);
-    const total = Object.values(downloads).reduce((sum, [got, all]) => sum + Math.max(got, all), 0);
-    const megabytes = (value) => (value / 1e6).toFixed(1);
-    const waiting = state.hasInk ? " — your drawing will be encoded as soon as the model is ready" : "";
-    const label = `Loading ${model.name}: ${megabytes(done)} of ${megabytes(total)} MB${waiting}`;
-    progress.update(total ? done / total : null, label);
-    $("#output-overlay").textContent = `Loading… ${total ? Math.round((100 * done) / total) : 0}%`;
-  };
-  const tracker = (key) => (got, total) => {
-    downloads[key] = [got, total];
-    report();
-  };
-  report();
-  const ort = await loadOrt(tracker("runtime"), requestedThreads(1));
-  const [encoder, decoder] = await Promise.all([
-    loadSession(ort, model.files.encoder, tracker("encoder")),
-    loadSession(ort, model.files.decoder, tracker("decoder")),
-  ]);
+  const stopWatching = showLoading(model, token);
+  let encoder;
+  let decoder;
+  try {
+    const ort = await loadOrt(requestedThreads(1));
+    [encoder, decoder] = await Promise.all([
+      loadSession(ort, model.files.encoder),
+      loadSession(ort, model.files.decoder),
+    ]);
+    state.ort = ort;
+  } finally {
+    stopWatching();
+  }
   if (token !== state.loadToken) return; // another model was picked meanwhile
-  state.ort = ort;
   state.model = model;
   state.dim = model.latent_dim;
   state.latent = new Float32Array(state.dim);
   state.drawingLatent = null;
-  state.pointA = state.pointB = null;
   buildSliders(model);
   state.encoder = encoder;
   state.decoder = decoder;
-  if (shared?.latent) {
-    if (shared.latent.length !== state.dim) {
-      showError(`the link holds ${shared.latent.length} latent values, but ${model.name} has ${state.dim}`, {
-        title: "Cannot show this link",
-      });
-      setLatent(Float32Array.from(model.card.latent_stats.mean));
-    } else {
-      setLatent(shared.latent);
-    }
+  if (link?.latent && link.latent.length !== state.dim) {
+    linkProblem(
+      `The link holds ${link.latent.length} latent values, but ${model.name} has ${state.dim}.`,
+      `${model.name}'s average image`,
+    );
+    setLatent(meanLatent(model));
   } else {
-    setLatent(Float32Array.from(model.card.latent_stats.mean)); // never a blank output
+    setLatent(link?.latent ?? meanLatent(model)); // never a blank output
   }
-  if (state.hasInk && !shared?.latent) state.encodeRequested = true;
+  if (state.hasInk && !link?.latent) state.encodeRequested = true;
+  if (!state.hasInk) $("#timing").textContent = "";
   updateButtons();
-  progress.finish(`Ready: ${model.name}, ${state.dim} latent dimensions, decoded in your browser`);
+  progress.finish(`Ready: ${model.name} runs in your browser.`);
+}
+
+/**
+ * The model to show and the latent a link asks for, saying in the link banner (which stays
+ * until dismissed) whatever about the link cannot be honoured.
+ */
+function openLink(hash, models, installed, fallback) {
+  const link = readLink(hash);
+  clearError("#link-error");
+  let chosen = fallback;
+  if (link.model && !models.some((m) => m.name === link.model)) {
+    const why = installed.some((m) => m.name === link.model)
+      ? `The link is for ${link.model}, which cannot be explored here: the explorer shows only models whose latent is one vector.`
+      : `The link is for a model named “${link.model}”, which this server does not have ` +
+        `(it has ${models.map((m) => m.name).join(", ")}).`;
+    linkProblem(why, fallback.name);
+    return { chosen, latent: null };
+  }
+  if (link.model) chosen = models.find((m) => m.name === link.model);
+  if (link.problem) linkProblem(link.problem, `${chosen.name}'s average image`);
+  return { chosen, latent: link.latent };
 }
 
 async function start() {
   installErrorBanner();
   updateButtons();
   requestAnimationFrame(frame);
-  let shared = { model: null, latent: null };
-  try {
-    shared = parseShared();
-  } catch (error) {
-    showError(error.message, { title: "Cannot read this link" });
-  }
-  const models = (await listModels()).filter((m) => m.exported && !m.fully_convolutional);
+  loadOrt(requestedThreads(1)).catch(() => {}); // start the 14 MB runtime at once; failures show in loadModel
+  const installed = await listModels();
+  const models = installed.filter((m) => m.exported && !m.fully_convolutional);
   if (!models.length) {
     throw new Error(
-      "no installed model can be explored: the explorer needs an exported model with a vector latent " +
-        "(see `latentz models`)",
+      "No installed model can be explored: the explorer needs an exported model whose latent is one vector " +
+        "(`latentz models` lists what is installed)",
     );
   }
   for (const model of models) select.add(new Option(`${model.name} (${model.latent_dim}-d, ${model.image_size}px)`, model.name));
-  let chosen = models.find((m) => m.name === "mnist-z10") ?? models.find((m) => /mnist/i.test(m.name)) ?? models[0];
-  if (shared.model) {
-    const linked = models.find((m) => m.name === shared.model);
-    if (linked) chosen = linked;
-    else showError(`this link is for the model “${shared.model}”, which this server does not have`, { title: "Unknown model" });
-  }
+  const fallback = models.find((m) => m.name === "mnist-z10") ?? models.find((m) => /mnist/i.test(m.name)) ?? models[0];
+  const { chosen, latent } = openLink(location.hash, models, installed, fallback);
   select.value = chosen.name;
   select.addEventListener("change", () => loadModel(select.value).catch(failed));
   window.addEventListener("hashchange", () => {
-    try {
-      const next = parseShared();
-      if (next.model && next.model !== state.model?.name) select.value = next.model;
-      loadModel(select.value, next).catch(failed);
-    } catch (error) {
-      showError(error.message, { title: "Cannot read this link" });
-    }
+    const next = openLink(location.hash, models, installed, models.find((m) => m.name === select.value));
+    select.value = next.chosen.name;
+    loadModel(next.chosen.name, { latent: next.latent }).catch(failed);
   });
-  await loadModel(chosen.name, shared.model === chosen.name || !shared.model ? shared : null);
+  await loadModel(chosen.name, { latent });
 }
 
 function failed(error) {
   progress.fail(`Failed: ${error.message}`);
-  $("#output-overlay").textContent = "Could not load the model";
-  showError(error.message, { title: "Could not load the explorer" });
+  $("#output-overlay").textContent = "The model could not be loaded.";
+  showError(error.message, { title: "The explorer could not load its model." });
 }
 
 start().catch(failed);
