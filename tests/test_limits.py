@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from bombs import declared_size_bomb
-from conftest import running_server
+from conftest import REPO, running_server
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -178,7 +178,7 @@ def test_running_out_of_memory_inside_onnx_runtime_is_a_clear_error() -> None:
         latent = np.zeros((1, *model.config.latent_shape(4500, 4500)), np.float32)
         try:
             model.decode(latent, 4500, 4500, SizeLimits(max_coded_pixels=21_000_000))
-        except runtime.ModelRuntimeError as error:
+        except runtime.OutOfMemoryError as error:
             print("refused:", error)
         """
     )
@@ -230,3 +230,31 @@ def test_peak_rss_helper_measures_the_child() -> None:
     assert code == 0 and peak_mb >= 600
     code, _, idle_mb = peak_of([sys.executable, "-c", "pass"])
     assert code == 0 and idle_mb < 100
+
+
+def test_a_server_that_runs_out_of_memory_answers_413_and_keeps_serving() -> None:
+    """A limit raised past the machine's memory: ONNX Runtime's failed allocation is a JSON 413,
+    and the server answers the next request (under an address-space cap, in its own process)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from local_server import free_port, running
+
+    port = free_port()
+    serve = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from latentz.cli import app\n"
+        f"sys.argv = ['latentz', 'serve', '--port', '{port}', '--max-spatial-side', '8000', "
+        "'--log-level', 'warning']\n"
+        "app()\n"
+    )
+    url = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-c", serve], f"{url}/api/health", name="serve", start_timeout_s=120):
+        bomb = declared_size_bomb(PHOTO_MODEL, 5000, 5000)
+        answer = httpx.post(f"{url}/api/decode", files={"file": ("b", bomb)}, timeout=120)
+        assert answer.status_code == 413, answer.text
+        assert "too large for this server's memory" in answer.json()["error"]
+        assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
+        small = httpx.post(
+            f"{url}/api/decode", files={"file": ("s", declared_size_bomb(PHOTO_MODEL, 64, 48))}, timeout=60
+        )
+        assert small.status_code == 200

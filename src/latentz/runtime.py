@@ -34,6 +34,10 @@ class ModelRuntimeError(RuntimeError):
     """A bundle that cannot run here, such as one whose ONNX files were never exported."""
 
 
+class OutOfMemoryError(ModelRuntimeError):
+    """ONNX Runtime could not allocate what a network needs for this input (a limit set too high)."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     """An image as the model sees it, and what was done to get there (said to the user)."""
@@ -65,12 +69,12 @@ def _run(session: Any, feeds: dict[str, np.ndarray], what: str) -> list[np.ndarr
     try:
         return session.run(None, feeds)
     except MemoryError:
-        raise ModelRuntimeError(f"not enough memory to run the {what}") from None
+        raise OutOfMemoryError(f"not enough memory to run the {what}") from None
     except Exception as error:
         if not any(sign in str(error).lower() for sign in ("bad_alloc", "failed to allocate")):
             raise
         shape = "x".join(map(str, next(iter(feeds.values())).shape))
-        raise ModelRuntimeError(
+        raise OutOfMemoryError(
             f"not enough memory to run the {what} on an input of shape {shape}; use a smaller image"
         ) from None
 

@@ -41,7 +41,7 @@ import latentz
 from latentz import codec, imaging, metrics
 from latentz.codec import EntropyModelError
 from latentz.codec.limits import SizeLimits, TooLargeError
-from latentz.runtime import ModelRuntime, ModelRuntimeError, Prepared
+from latentz.runtime import ModelRuntime, ModelRuntimeError, OutOfMemoryError, Prepared
 from latentz.server import assets
 from latentz.server.errors import ApiError, ErrorBody, install_handlers
 from latentz.server.limits import (
@@ -129,6 +129,8 @@ def _model_errors() -> Iterator[None]:
         yield
     except TooLargeError as error:
         raise ApiError(413, str(error), "too_large", limit=error.limit) from None
+    except OutOfMemoryError as error:
+        raise ApiError(413, f"too large for this server's memory: {error}", "too_large") from None
     except codec.ModelMismatchError as error:
         raise ApiError(409, str(error), "model_mismatch") from None
     except codec.LatentzFormatError as error:
