@@ -152,14 +152,18 @@ def image_channels(image: Image.Image) -> int:
     if image.mode in GREY_MODES:
         return 1
     import numpy as np
+    from PIL import Image as PILImage
 
     from latentz import imaging
 
-    array = imaging.to_array(image, None, 3)
-    stride = max(1, math.ceil(max(array.shape[:2]) / 256))
-    sample = array[::stride, ::stride].astype(np.int16)
-    spread = sample.max(axis=2) - sample.min(axis=2)
-    return 1 if float(np.percentile(spread, 99)) <= GREY_SPREAD else 3
+    width, height = image.size
+    stride = max(1, math.ceil(max(width, height) / 256))
+    if stride > 1 and image.mode in ("RGB", "RGBA"):  # every stride-th pixel: 0.1 ms for 2000x1500
+        size = (max(1, width // stride), max(1, height // stride))
+        image = image.resize(size, PILImage.Resampling.NEAREST)
+    array = imaging.to_array(image, None, 3)  # as the models see it: transparency on white
+    channel_spread = array.max(axis=2).astype(np.int16) - array.min(axis=2)
+    return 1 if float(np.percentile(channel_spread, 99)) <= GREY_SPREAD else 3
 
 
 def describe(width: int, height: int, channels: int) -> str:
