@@ -14,6 +14,7 @@ job; the command exits 1 at the end if any input failed or any output was refuse
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -32,6 +33,7 @@ import typer
 from latentz.commands import user_errors
 
 if TYPE_CHECKING:
+    from latentz.bundle import BundleInfo
     from latentz.codec.limits import SizeLimits
 
 LATENTZ_SUFFIX = ".latentz"
@@ -127,7 +129,7 @@ class Outcome:
 
     def record(self) -> dict[str, Any]:
         """The outcome as `--json` prints it: every field, paths as strings, no message."""
-        fields = {
+        return {
             "source": str(self.source),
             "target": None if self.target is None else str(self.target),
             "status": self.status,
@@ -147,7 +149,6 @@ class Outcome:
             "warning": self.warning,
             "error": self.error,
         }
-        return fields
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -219,30 +220,22 @@ def _warm_up(runtime: Any, encoder: bool) -> None:
     _WARM.add(key)
 
 
-_WARM_PILLOW: list[bool] = []
-
-
+@functools.cache
 def _warm_pillow() -> None:
     """Open one image per process outside the timing: Pillow registers its plugins on first use."""
-    if not _WARM_PILLOW:
-        import numpy as np
+    import numpy as np
 
-        from latentz import imaging
+    from latentz import imaging
 
-        imaging.open_image(imaging.png_bytes(np.zeros((8, 8, 1), np.uint8)))
-        _WARM_PILLOW.append(True)
+    imaging.open_image(imaging.png_bytes(np.zeros((8, 8, 1), np.uint8)))
 
 
-_INSTALLED: list[Any] = []
-
-
-def installed_models() -> list[Any]:
+@functools.cache
+def installed_models() -> tuple[BundleInfo, ...]:
     """The installed models that can encode, read once per process (the choice rule's candidates)."""
     from latentz import choice
 
-    if not _INSTALLED:
-        _INSTALLED.append(choice.encoding_models())
-    return _INSTALLED[0]
+    return tuple(choice.encoding_models())
 
 
 def encode_file(job: EncodeJob) -> Outcome:
