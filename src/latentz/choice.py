@@ -61,16 +61,17 @@ GREY_SPREAD = 8
 """An RGB image counts as grey when 99% of its pixels have channels this close (JPEG chroma noise)."""
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
-# Per kind of model: (recommended quality, what it was measured on). See `recommended_quality`.
+# The recommended quality per kind of model, with what it was measured on (`recommended_quality`).
 PHOTO_QUALITY = 50
 """Spatial (photo) models. Within 2 dB of the best: red-cars-64 at 50 (24.9 of 26.8 dB, 299 bytes where
 WebP needs 467 at equal PSNR), red-cars-128 at 50 (26.3 of 28.3 dB, 916 bytes); at 40 both are over
-4 dB short, at 60 each +10 buys 1.3 dB for 44-48% more bytes. The README's "40 to 60", in its middle."""
+4 dB short, and from 50 to 60 each gains 1.3 dB for 44-49% more bytes. The middle of the README's
+"use 40 to 60"."""
 LEARNED_SCALE_QUALITY = 30
 """Fixed-size models with learned Gaussian pixels. mnist-z32 at 30: 28.2 bytes at 23.6 of 24.9 dB,
 29% of WebP's smallest digit (97 bytes, 22.7 dB); at 20 it is 3.0 dB short. Their posteriors are
-narrow (0.04 against a spread of 1.3), and quality counts steps in posterior stds, so a lower quality
-is as fine a step as 50 is for a Bernoulli model."""
+narrow (mnist-z32: std 0.05 against a spread of 1.3) and quality counts steps in posterior stds, so
+30 (12.25 stds, 0.6 in the latent) is about as coarse as mnist-z10's 50 (4 stds of 0.16, 0.66)."""
 VECTOR_QUALITY = 50
 """Other fixed-size models (Bernoulli pixels, measured; fixed-scale Gaussian or Laplace, not measured).
 mnist-z10 at 50: 19.0 of 20.2 dB in 19 bytes; fashion-z10 at 50: 19.0 of 20.5 dB; at 40 both are
