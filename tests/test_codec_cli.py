@@ -8,6 +8,7 @@ are true. Uses the packaged digit models, so nothing is trained here.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import latentz
-from latentz import bundle, imaging, runtime
+from latentz import bundle, choice, imaging, runtime
 from latentz.cli import app
 from latentz.codec.format import MAX_FILE_BYTES
 from latentz.commands import codec as codec_cli
@@ -130,11 +131,12 @@ def test_same_stem_inputs_each_get_their_own_output(model: str, tmp_path: Path, 
     expected = {"s00.png.latentz", "s00.bmp.latentz", "s01.png.latentz", "s01.webp.latentz", "s02.latentz"}
     assert set(listing(out)) == expected
     coder = runtime.load(model)
+    quality = choice.recommended_quality(coder.config).quality  # what encode uses without -q
     for name, path in inputs.items():
         target = out / (name + ".latentz" if name.startswith(("s00", "s01")) else "s02.latentz")
         data = target.read_bytes()
         np.testing.assert_array_equal(  # each output holds its own input, not its namesake's
-            coder.decompress(data), coder.decompress(coder.compress(coder.prepare(path).image))
+            coder.decompress(data), coder.decompress(coder.compress(coder.prepare(path).image, quality))
         )
 
 
@@ -454,3 +456,282 @@ def test_an_existing_folder_as_output_gets_the_inputs_name(model: str, tmp_path:
     os.mkfifo(fifo)  # would block a reader forever
     invoked = CliRunner().invoke(app, ["decode", str(fifo), "-o", str(tmp_path / "p.png")])
     assert invoked.exit_code == 2 and "not a regular file" in invoked.stderr
+
+
+# -- defaults that fit the image, warnings when they do not, --json -----------------------------------
+DIGIT_CODEC, PHOTO_SMALL, PHOTO_LARGE = "mnist-z32", "red-cars-64", "red-cars-128"
+RED_CARS = SRC.parent.parent / "shared" / "data" / "red-cars"
+RD_RESULTS = SRC.parent / "docs" / "rd"
+
+
+@pytest.fixture(scope="module")
+def codecs() -> None:
+    names = {path.name for path in bundle.list_bundles()}
+    missing = {DIGIT_CODEC, PHOTO_SMALL, PHOTO_LARGE} - names
+    if missing:
+        pytest.skip(f"packaged bundles {sorted(missing)} not installed")
+
+
+def colour_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth colourful scene with some texture: colour in content, like a photo."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width] / max(width, height)
+    red = 200 * np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - 0.5) ** 2) * 8) + 30
+    green = 120 * yy + 40 * np.sin(12 * xx) + 60
+    blue = 90 * xx + 50
+    image = np.stack([red, green, blue], axis=2) + rng.normal(0, 6, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def a_car(tmp_path: Path) -> Path:
+    """A real red-car photo where the data is beside the checkout, else a synthetic colour photo."""
+    cars = sorted(RED_CARS.glob("*.jpg")) if RED_CARS.is_dir() else []
+    if cars:
+        return cars[0]
+    path = tmp_path / "car.png"
+    Image.fromarray(colour_photo(207, 102)).save(path)
+    return path
+
+
+def made_by(path: Path) -> str:
+    """The installed model whose fingerprint a .latentz file carries."""
+    from latentz import codec
+
+    info = bundle.find_by_fingerprint(codec.unpack(path.read_bytes())[0].fingerprint)
+    assert info is not None
+    return info.name
+
+
+def warnings_of(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning:")]
+
+
+def one_sentence(line: str) -> bool:
+    body = line.removeprefix("warning: ")
+    return body.endswith(".") and ". " not in body.rstrip(".") and body[0].islower()
+
+
+def test_encode_without_a_model_picks_the_codec_that_fits_each_image_and_says_why(
+    codecs: None, tmp_path: Path
+) -> None:
+    """It used to demand -m; the codec page's alphabetical default sent a car to a 28x28 grey model."""
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(colour_photo(207, 102)).save(images / "car.png")
+    Image.fromarray(colour_photo(60, 40, seed=1)).save(images / "thumb.png")
+    Image.fromarray(digit(0), "L").save(images / "digit.png")
+    big_digit = Image.fromarray(digit(1), "L").resize((100, 100)).convert("RGB")
+    big_digit.save(images / "scan.jpg", quality=80)  # grey in content, RGB in the file
+    Image.fromarray(colour_photo(600, 400, seed=2)[:, :, 1]).save(images / "grey-photo.png")
+    expected = {  # file: (model, how the reason starts, decoded size)
+        "car.png": (PHOTO_LARGE, "a colour photo (207x102): the photo codec trained at 128x128", (207, 102)),
+        "thumb.png": (PHOTO_SMALL, "a colour photo (60x40): the photo codec trained at 64x64", (60, 40)),
+        "digit.png": (DIGIT_CODEC, "a small grey image (28x28): the digit codec", (28, 28)),
+        "scan.jpg": (DIGIT_CODEC, "a small grey image (100x100): the digit codec", (28, 28)),
+        "grey-photo.png": (PHOTO_LARGE, "a grey image too big for a digit model (600x400)", (600, 400)),
+    }
+    for name, (model, reason, size) in expected.items():
+        packed = tmp_path / f"{name}.latentz"
+        result = cli("encode", str(images / name), "-o", str(packed))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"model {model}, for {reason}"), result.stdout
+        assert "-m sets another" in result.stdout.splitlines()[0]
+        assert made_by(packed) == model
+        decoded = tmp_path / f"{name}.png"
+        assert cli("decode", str(packed), "-o", str(decoded)).returncode == 0
+        assert Image.open(decoded).size == size
+    # a folder: each image gets its own model, and the run says which took which
+    result = cli("encode", str(images), "-o", str(tmp_path / "out"), "-j", "1")
+    assert result.returncode == 0, result.stderr
+    for name, (model, _, _) in expected.items():
+        assert made_by(tmp_path / "out" / (Path(name).stem + ".latentz")) == model
+        line = rf"^{re.escape(name)}: .*; {model} at quality \d+, its recommended quality$"
+        assert re.search(line, result.stdout, re.MULTILINE), result.stdout
+    assert (
+        f"model {DIGIT_CODEC} for 2 files (small grey images: the digit codec) at quality 30, its "
+        "recommended quality" in result.stdout
+    )
+    assert (
+        f"model {PHOTO_SMALL} for 1 file (colour photos: the photo codec trained at 64x64)" in result.stdout
+    )
+
+
+def test_a_model_that_does_not_fit_the_image_gets_a_one_sentence_warning(
+    codecs: None, tmp_path: Path
+) -> None:
+    """A colour photo sent to a grey 28x28 model came back at about 5 dB without a word."""
+    car = a_car(tmp_path)
+    digit_file = write_digits(tmp_path, ["d.png"])["d.png"]
+    wide = tmp_path / "wide.png"
+    Image.fromarray(colour_photo(207, 154)).save(wide)
+    grey_photo = tmp_path / "grey.png"
+    Image.fromarray(colour_photo(600, 400)[:, :, 0]).save(grey_photo)
+    misfits = [  # input, -m, what the warning must say
+        (car, DIGIT_CODEC, ["is a grey 28x28 model", "loses its colour", f"{PHOTO_LARGE} fits it better"]),
+        (digit_file, PHOTO_SMALL, ["is a photo model", "digit codec", f"{DIGIT_CODEC} fits it better"]),
+        (wide, PHOTO_SMALL, ["trained on 64x64 photos", "2.4 times that scale", f"{PHOTO_LARGE} fits it"]),
+        (grey_photo, DIGIT_CODEC, ["codes every image at 28x28", "comes back 28x28"]),
+    ]
+    for index, (source, model, words) in enumerate(misfits):
+        result = cli("encode", str(source), "-m", model, "-o", str(tmp_path / f"m{index}.latentz"))
+        assert result.returncode == 0, result.stderr
+        lines = warnings_of(result.stderr)
+        assert len(lines) == 1 and result.stderr.strip() == lines[0], result.stderr
+        assert one_sentence(lines[0]) and lines[0].startswith(f"warning: {model} "), lines[0]
+        assert all(word in lines[0] for word in words), lines[0]
+        assert "warning" not in result.stdout
+        if source == car:  # the result the warning is about
+            psnr = float(re.search(r"PSNR ([\d.]+) dB", result.stdout).group(1))
+            auto = cli("encode", str(car), "-o", str(tmp_path / "auto.latentz"))
+            auto_psnr = float(re.search(r"PSNR ([\d.]+) dB", auto.stdout).group(1))
+            assert psnr < 10 < 20 < auto_psnr and auto.stderr == "", (psnr, auto_psnr, auto.stderr)
+    fits = [(car, PHOTO_LARGE), (digit_file, DIGIT_CODEC), (digit_file, "mnist-z10")]
+    for index, (source, model) in enumerate(fits):
+        result = cli("encode", str(source), "-m", model, "-o", str(tmp_path / f"f{index}.latentz"))
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    # a folder: one line for all the files that do not fit, not one per file
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(3):
+        Image.fromarray(colour_photo(120, 90, seed)).save(photos / f"p{seed}.png")
+    result = cli("encode", str(photos), "-m", DIGIT_CODEC, "-o", str(tmp_path / "out"), "-j", "1")
+    assert result.returncode == 0
+    lines = warnings_of(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("warning: p0.png: mnist-z32 is a grey 28x28 model"), lines
+    assert f"2 more files do not fit {DIGIT_CODEC} either" in lines[0] and one_sentence(lines[0])
+
+
+def test_recommended_quality_is_where_each_shipped_curve_comes_within_2_db_of_its_best() -> None:
+    """The rule per kind of model, checked against `latentz rd`'s measurements of every shipped
+    bundle (docs/rd/MODEL/summary.json): re-measure a bundle and this says whether its default moved."""
+    summaries = sorted(RD_RESULTS.glob("*/summary.json"))
+    assert summaries, f"no rate-distortion results in {RD_RESULTS}"
+    installed = {path.name: path for path in bundle.list_bundles()}
+    checked = {}
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        if summary["model"] not in installed:
+            continue
+        info = bundle.read_bundle(installed[summary["model"]])
+        assert summary["fingerprint"] == info.fingerprint, f"{path} measured another {info.name}"
+        curve = summary["codecs"]["latentz"]["results"]
+        knee = choice.knee_quality(curve["quality"], curve["psnr"])
+        assert choice.recommended_quality(info.config).quality == knee, info.name
+        checked[info.name] = knee
+    assert checked.get(DIGIT_CODEC) == 30, checked  # the issue's "digits 30"
+    assert all(40 <= checked[name] <= 60 for name in (PHOTO_SMALL, PHOTO_LARGE) if name in checked)
+
+
+def test_encode_without_quality_uses_the_models_recommended_one_and_says_so(
+    codecs: None, tmp_path: Path
+) -> None:
+    from latentz import codec
+
+    source = write_digits(tmp_path, ["d.png"])["d.png"]
+    photo = tmp_path / "p.png"
+    Image.fromarray(colour_photo(64, 64)).save(photo)
+    for image, model, recommended in ((source, DIGIT_CODEC, 30), (photo, PHOTO_SMALL, 50)):
+        for flags, quality in (([], recommended), (["-q", "75"], 75)):
+            packed = tmp_path / f"{model}-{quality}.latentz"
+            result = cli("encode", str(image), "-m", model, "-o", str(packed), *flags)
+            assert result.returncode == 0, result.stderr
+            assert codec.unpack(packed.read_bytes())[0].step == codec.step_for_quality(quality)
+            said = f"quality {recommended}, the recommended quality for"
+            assert (said in result.stdout) == (not flags), result.stdout
+    rows = {row["name"]: row for row in json.loads(cli("models", "--json").stdout)}
+    assert rows[DIGIT_CODEC]["quality"] == 30 and rows[PHOTO_LARGE]["quality"] == 50
+    table = subprocess.run(
+        [sys.executable, "-m", "latentz", "models"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200"},
+    ).stdout.splitlines()
+    assert "quality" in table[0].split()
+    column = table[0].split().index("quality")
+    assert next(line.split() for line in table if line.startswith(f"{DIGIT_CODEC} "))[column] == "30"
+
+
+def test_json_prints_one_object_per_file_and_a_summary_for_folders(codecs: None, tmp_path: Path) -> None:
+    source = write_digits(tmp_path, ["d.png"])["d.png"]
+    packed = tmp_path / "d.latentz"
+    result = cli("encode", str(source), "-m", PHOTO_SMALL, "-o", str(packed), "--json")
+    assert result.returncode == 0
+    report = json.loads(result.stdout)  # nothing else on stdout
+    size = packed.stat().st_size
+    assert (
+        report["status"] == "written" and report["model"] == PHOTO_SMALL and report["target"] == str(packed)
+    )
+    assert report["bytes"] == size and report["input_bytes"] == source.stat().st_size
+    assert report["bpp"] == pytest.approx(8 * size / 784, abs=1e-4) and report["psnr"] > 15
+    assert report["quality"] == 50 and report["step"] == 4.0 and report["seconds"] > 0
+    assert "recommended" in report["quality_reason"] and report["note"] == "28x28 encoded at its own size"
+    assert report["warning"] and warnings_of(result.stderr) == [f"warning: {report['warning']}"]
+    decoded = tmp_path / "d-out.png"
+    result = cli("decode", str(packed), "-o", str(decoded), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and result.stderr == "" and decoded.is_file()
+    assert (report["status"], report["model"], report["bytes"], report["width"]) == (
+        "written",
+        PHOTO_SMALL,
+        size,
+        28,
+    )
+    assert report["psnr"] is None and report["step"] == 4.0
+    # an output that is there already: still one object, and the error on stderr
+    result = cli("encode", str(source), "-m", PHOTO_SMALL, "-o", str(packed), "--json")
+    assert result.returncode == 2 and json.loads(result.stdout)["status"] == "exists"
+    assert "pass --force" in result.stderr
+    result = cli("encode", str(source), "-o", str(packed), "--json", "--skip-existing")
+    assert result.returncode == 0 and json.loads(result.stdout)["status"] == "skipped"
+
+    folder = tmp_path / "in"
+    write_digits(folder, ["a.png", "b.png", "c.png"])
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = cli("encode", str(folder), "-o", str(out), "-j", "2", "--json")
+    assert result.returncode == 1  # one input failed
+    report = json.loads(result.stdout)
+    files = {Path(f["source"]).name: f for f in report["files"]}
+    assert set(files) == {"a.png", "b.png", "c.png", "broken.png"}
+    assert (
+        files["broken.png"]["status"] == "failed" and "not a recognised image" in files["broken.png"]["error"]
+    )
+    written = [files[name] for name in ("a.png", "b.png", "c.png")]
+    sizes = [(out / f"{Path(f['source']).stem}.latentz").stat().st_size for f in written]
+    assert [f["bytes"] for f in written] == sizes and {f["model"] for f in written} == {DIGIT_CODEC}
+    summary = report["summary"]
+    assert (summary["files"], summary["written"], summary["failed"]) == (4, 3, 1)
+    assert summary["models"] == {DIGIT_CODEC: 3}
+    assert summary["mean"]["bytes"] == pytest.approx(np.mean(sizes), abs=0.01)
+    assert summary["mean"]["psnr"] == pytest.approx(np.mean([f["psnr"] for f in written]), abs=1e-3)
+    assert "error: broken.png" in result.stderr
+    result = cli("decode", str(out), "-o", str(tmp_path / "decoded"), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["summary"]["written"] == 3
+    assert report["summary"]["mean"]["bytes"] == pytest.approx(np.mean(sizes), abs=0.01)
+    # the human folder output keeps its mean line, now for decode too
+    result = cli("decode", str(out), "-o", str(tmp_path / "decoded-again"))
+    assert re.search(r"^mean of 3 files: [\d.,]+ B, [\d.]+ bpp, [\d.,]+ ms per image$", result.stdout, re.M)
+
+
+def test_the_choice_rule_imports_neither_torch_nor_onnx_runtime_and_never_warns_about_its_own_pick(
+    codecs: None,
+) -> None:
+    """The server and the codec page are to ask the same rule: it must stay light."""
+    probe = (
+        "import sys, latentz.choice as c; c.choose_model(207, 102, 3); "
+        "c.recommended_quality(c.encoding_models()[0].config); "
+        "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+    for width, height in ((28, 28), (60, 40), (100, 100), (113, 80), (207, 102), (300, 200), (2000, 1500)):
+        for channels in (1, 3):
+            picked = choice.choose_model(width, height, channels)
+            assert picked.warning == choice.fit_warning(picked.info, width, height, channels)
+            assert picked.warning is None or "(no installed model fits it better)" in picked.warning

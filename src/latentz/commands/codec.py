@@ -14,7 +14,9 @@ job; the command exits 1 at the end if any input failed or any output was refuse
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
 import signal
 import sys
@@ -31,6 +33,7 @@ import typer
 from latentz.commands import user_errors
 
 if TYPE_CHECKING:
+    from latentz.bundle import BundleInfo
     from latentz.codec.limits import SizeLimits
 
 LATENTZ_SUFFIX = ".latentz"
@@ -68,9 +71,11 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 @dataclass(frozen=True)
 class EncodeJob:
-    """One image to compress; plain data so it can travel to a worker process."""
+    """One image to compress; plain data so it can travel to a worker process. ``model`` None: the
+    installed model that fits this image (`latentz.choice`); ``quality`` and ``step`` None: the
+    model's recommended quality."""
 
-    model: str
+    model: str | None
     source: Path
     target: Path
     quality: int | None
@@ -94,7 +99,8 @@ class DecodeJob:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one input ended, with the figures the folder summary averages (encode only)."""
+    """How one input ended: the line printed for it, and the figures `--json` reports and the folder
+    summary averages (``psnr`` and ``quality`` are encode's only)."""
 
     source: Path
     message: str
@@ -104,10 +110,49 @@ class Outcome:
     bpp: float | None = None
     psnr: float | None = None
     seconds: float | None = None
+    model: str | None = None
+    model_reason: str | None = None
+    model_kind: str | None = None
+    quality: int | None = None
+    quality_reason: str | None = None
+    step: float | None = None
+    note: str | None = None
+    warning: str | None = None
+    error: str | None = None
+    input_bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.status in (WRITTEN, SKIPPED)
+
+    def record(self) -> dict[str, Any]:
+        """The outcome as `--json` prints it: every field, paths as strings, no message."""
+        return {
+            "source": str(self.source),
+            "target": None if self.target is None else str(self.target),
+            "status": self.status,
+            "model": self.model,
+            "model_reason": self.model_reason,
+            "quality": self.quality,
+            "quality_reason": self.quality_reason,
+            "step": self.step,
+            "input_bytes": self.input_bytes,
+            "bytes": self.coded_bytes,
+            "bpp": _rounded(self.bpp, 4),
+            "psnr": _rounded(self.psnr, 3),
+            "seconds": _rounded(self.seconds, 6),
+            "width": self.width,
+            "height": self.height,
+            "note": self.note,
+            "warning": self.warning,
+            "error": self.error,
+        }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
 
 
 def _limits(max_coded_pixels: int) -> SizeLimits:
@@ -175,25 +220,65 @@ def _warm_up(runtime: Any, encoder: bool) -> None:
     _WARM.add(key)
 
 
+@functools.cache
+def _warm_pillow() -> None:
+    """Open one image per process outside the timing: Pillow registers its plugins on first use."""
+    import numpy as np
+
+    from latentz import imaging
+
+    imaging.open_image(imaging.png_bytes(np.zeros((8, 8, 1), np.uint8)))
+
+
+@functools.cache
+def installed_models() -> tuple[BundleInfo, ...]:
+    """The installed models that can encode, read once per process (the choice rule's candidates)."""
+    from latentz import choice
+
+    return tuple(choice.encoding_models())
+
+
 def encode_file(job: EncodeJob) -> Outcome:
-    """Compress one image, check the round trip, write the file; raises on bad input."""
-    from latentz import metrics
+    """Compress one image, check the round trip, write the file; raises on bad input.
+
+    The time is the file's own: opening, preparing and compressing it, not the choice of model or
+    the one-off start-up of each model (see `_warm_up`).
+    """
+    from latentz import choice, codec, imaging, metrics
     from latentz import runtime as rt
 
     _check_target(job.target, job.force)
-    runtime = rt.load(job.model)
-    _warm_up(runtime, encoder=True)
     limits = _limits(job.max_coded_pixels)
+    _warm_pillow()
     started = time.perf_counter()
-    prepared = runtime.prepare(job.source, limits)
-    data = runtime.compress(prepared.image, quality=job.quality, step=job.step)
-    seconds = time.perf_counter() - started
+    image = imaging.open_image(job.source, max_pixels=limits.max_image_pixels)
+    opening = time.perf_counter() - started
+    width, height = image.size
+    channels = choice.image_channels(image)
+    model_reason = model_kind = None
+    if job.model is None:
+        picked = choice.choose_model(width, height, channels, installed_models())
+        runtime = rt.load(picked.info.path)
+        model_reason, model_kind, warning = picked.reason, picked.kind, picked.warning
+    else:
+        runtime = rt.load(job.model)
+        warning = choice.fit_warning(runtime.info, width, height, channels, installed_models())
+    quality, quality_reason = job.quality, None
+    if quality is None and job.step is None:
+        recommended = choice.recommended_quality(runtime.config)
+        quality, quality_reason = recommended.quality, recommended.reason
+    fine_step = codec.step_from_units(job.step) if job.step is not None else codec.step_for_quality(quality)
+    _warm_up(runtime, encoder=True)
+    started = time.perf_counter()
+    prepared = runtime.prepare(image, limits)
+    data = runtime.compress(prepared.image, quality=quality, step=job.step)
+    seconds = opening + time.perf_counter() - started
     decoded = runtime.decompress(data, limits)
     _write(job.target, data, job.force)
     original_bytes = job.source.stat().st_size
     psnr = metrics.psnr(prepared.image[None], decoded[None])
-    height, width = prepared.image.shape[:2]
-    bpp = 8 * len(data) / (width * height)
+    coded_height, coded_width = prepared.image.shape[:2]
+    bpp = 8 * len(data) / (coded_width * coded_height)
     return Outcome(
         job.source,
         f"{job.source.name}: {original_bytes:,} B -> {len(data):,} B ({_ratio(original_bytes, len(data))}), "
@@ -203,6 +288,17 @@ def encode_file(job: EncodeJob) -> Outcome:
         bpp=bpp,
         psnr=psnr,
         seconds=seconds,
+        model=runtime.name,
+        model_reason=model_reason,
+        model_kind=model_kind,
+        quality=quality,
+        quality_reason=quality_reason,
+        step=fine_step / codec.FINE_PER_UNIT,
+        note=prepared.note,
+        warning=warning,
+        input_bytes=original_bytes,
+        width=coded_width,
+        height=coded_height,
     )
 
 
@@ -240,6 +336,7 @@ def decode_file(job: DecodeJob) -> Outcome:
     """Decode one .latentz file with its model and write the image; raises on bad input."""
     from PIL import Image
 
+    from latentz import codec
     from latentz import runtime as rt
 
     fmt, options = image_output_format(job.target)
@@ -254,12 +351,21 @@ def decode_file(job: DecodeJob) -> Outcome:
     buffer = io.BytesIO()
     pil.save(buffer, format=fmt, **options)
     _write(job.target, buffer.getvalue(), job.force)
+    header, _ = codec.unpack(data)
+    height, width = image.shape[:2]
     return Outcome(
         job.source,
-        f"{job.source.name} -> {job.target} ({image.shape[1]}x{image.shape[0]}, {runtime.name}, "
-        f"{_milliseconds(seconds)})",
+        f"{job.source.name} -> {job.target} ({width}x{height}, {runtime.name}, {_milliseconds(seconds)})",
         target=job.target,
+        coded_bytes=len(data),
+        bpp=8 * len(data) / (width * height),
         seconds=seconds,
+        model=runtime.name,
+        step=header.step / codec.FINE_PER_UNIT,
+        note=f"{width}x{height} {fmt}",
+        input_bytes=len(data),
+        width=width,
+        height=height,
     )
 
 
@@ -271,9 +377,9 @@ def _guarded(work: Callable[[EncodeJob | DecodeJob], Outcome], job: EncodeJob | 
         return work(job)
     except TargetExistsError as error:  # there before the run, or made meanwhile by another process
         status = SKIPPED if job.skip_existing else EXISTS
-        return Outcome(job.source, f"{job.source.name}: {error}", status, target=job.target)
+        return Outcome(job.source, f"{job.source.name}: {error}", status, target=job.target, note=str(error))
     except user_errors() as error:
-        return Outcome(job.source, f"{job.source.name}: {error}", FAILED)
+        return Outcome(job.source, f"{job.source.name}: {error}", FAILED, error=str(error))
 
 
 def guarded_encode(job: EncodeJob) -> Outcome:
@@ -317,7 +423,8 @@ def _plan(jobs: list, force: bool, skip_existing: bool) -> tuple[list, dict[int,
     for index, job in enumerate(jobs):
         if os.path.lexists(job.target):
             status = SKIPPED if skip_existing else EXISTS
-            known[index] = Outcome(job.source, f"{job.target} exists", status, target=job.target)
+            exists = f"{job.target} exists"
+            known[index] = Outcome(job.source, exists, status, target=job.target, note=exists)
         else:
             todo.append(job)
     return todo, known
@@ -412,37 +519,121 @@ def run_planned(
     return [known[index] if index in known else next(done) for index in range(len(jobs))]
 
 
-def _mean_line(written: list[Outcome]) -> str | None:
+def _means(written: list[Outcome]) -> dict[str, Any] | None:
+    """Mean bytes, bpp, PSNR (encode) and time per image of the written files; None if none."""
     coded = [o for o in written if o.coded_bytes is not None]
-    if len(coded) < 2:
+    if not coded:
         return None
     count = len(coded)
-    mean_bytes = sum(o.coded_bytes or 0 for o in coded) / count
-    mean_bpp = sum(o.bpp or 0.0 for o in coded) / count
-    mean_psnr = sum(o.psnr or 0.0 for o in coded) / count
-    mean_seconds = sum(o.seconds or 0.0 for o in coded) / count
+    psnrs = [o.psnr for o in coded if o.psnr is not None]
+    return {
+        "files": count,
+        "bytes": round(sum(o.coded_bytes or 0 for o in coded) / count, 2),
+        "bpp": round(sum(o.bpp or 0.0 for o in coded) / count, 4),
+        "psnr": round(sum(psnrs) / count, 3) if len(psnrs) == count else None,
+        "seconds": round(sum(o.seconds or 0.0 for o in coded) / count, 6),
+    }
+
+
+def _mean_line(means: dict[str, Any] | None) -> str | None:
+    if means is None or means["files"] < 2:
+        return None
+    psnr = f", PSNR {means['psnr']:.2f} dB" if means["psnr"] is not None else ""
     return (
-        f"mean of {count} files: {mean_bytes:,.1f} B, {mean_bpp:.3f} bpp, PSNR {mean_psnr:.2f} dB, "
-        f"{_milliseconds(mean_seconds)} per image"
+        f"mean of {means['files']} files: {means['bytes']:,.1f} B, {means['bpp']:.3f} bpp{psnr}, "
+        f"{_milliseconds(means['seconds'])} per image"
     )
 
 
-def _report(outcomes: list[Outcome], verb: str) -> None:
-    """One line per written or failed file, then the counts; refused existing outputs get one line."""
+def _setting(outcome: Outcome) -> str:
+    if outcome.quality is None:
+        return f"step {outcome.step:g}"
+    return f"quality {outcome.quality}" + (", its recommended quality" if outcome.quality_reason else "")
+
+
+def _model_lines(written: list[Outcome]) -> list[str]:
+    """For a folder encoded without -m: which model took which files, at which setting."""
+    groups: dict[tuple[str | None, str | None, str], list[Outcome]] = defaultdict(list)
+    for outcome in written:
+        if outcome.model_kind is not None:
+            groups[(outcome.model, outcome.model_kind, _setting(outcome))].append(outcome)
+    return [
+        f"model {model} for {len(group)} file{'s' if len(group) > 1 else ''} ({kind}) at {setting}"
+        for (model, kind, setting), group in groups.items()
+    ]
+
+
+def _warning_lines(outcomes: list[Outcome]) -> list[str]:
+    """One warning per model that some files did not fit: the first file's, and how many more."""
+    groups: dict[str | None, list[Outcome]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.warning:
+            groups[outcome.model].append(outcome)
+    lines = []
+    for group in groups.values():
+        line = f"warning: {group[0].source.name}: {group[0].warning}"
+        if len(group) > 1:
+            more = len(group) - 1
+            files = f"{more} more file does" if more == 1 else f"{more} more files do"
+            line = f"{line.rstrip('.')}; {files} not fit {group[0].model} either (--json lists each)."
+        lines.append(line)
+    return lines
+
+
+def _summary(outcomes: list[Outcome]) -> dict[str, Any]:
+    by_status: dict[str, int] = defaultdict(int)
+    models: dict[str, int] = defaultdict(int)
+    for outcome in outcomes:
+        by_status[outcome.status] += 1
+        if outcome.status == WRITTEN and outcome.model:
+            models[outcome.model] += 1
+    written = [o for o in outcomes if o.status == WRITTEN]
+    return {
+        "files": len(outcomes),
+        **{status: by_status[status] for status in (WRITTEN, SKIPPED, EXISTS, FAILED)},
+        "models": dict(models),
+        "mean": _means(written),
+    }
+
+
+def print_json(data: dict[str, Any]) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _report(outcomes: list[Outcome], verb: str, as_json: bool = False, heading: dict | None = None) -> None:
+    """One line per written or failed file, the mean, the counts; refused existing outputs get one
+    line. With ``as_json`` stdout gets one JSON object (``heading``, the files, the summary) and
+    only warnings and errors go to stderr."""
     by_status: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in outcomes:
         by_status[outcome.status].append(outcome)
-        if outcome.status in (WRITTEN, FAILED):
-            typer.echo(outcome.message, err=outcome.status == FAILED)
     written, skipped = by_status[WRITTEN], by_status[SKIPPED]
     existing, failed = by_status[EXISTS], by_status[FAILED]
-    mean = _mean_line(written)
-    if mean:
-        typer.echo(mean)
-    summary = f"{verb} {len(written)} of {len(outcomes)} files"
-    if skipped:
-        summary += f"; skipped {len(skipped)} whose output already exists"
-    typer.echo(summary, err=bool(existing or failed))
+    if as_json:
+        for line in _warning_lines(outcomes):
+            typer.echo(line, err=True)
+        for outcome in failed:
+            typer.echo(f"error: {outcome.message}", err=True)
+        summary = _summary(outcomes)
+        print_json({**(heading or {}), "files": [o.record() for o in outcomes], "summary": summary})
+    else:
+        for outcome in outcomes:
+            if outcome.status == WRITTEN:
+                setting = f"; {outcome.model} at {_setting(outcome)}" if outcome.model_kind else ""
+                typer.echo(outcome.message + setting)
+            elif outcome.status == FAILED:
+                typer.echo(outcome.message, err=True)
+        for line in _warning_lines(outcomes):
+            typer.echo(line, err=True)
+        for line in _model_lines(written):
+            typer.echo(line)
+        mean = _mean_line(_means(written))
+        if mean:
+            typer.echo(mean)
+        summary_line = f"{verb} {len(written)} of {len(outcomes)} files"
+        if skipped:
+            summary_line += f"; skipped {len(skipped)} whose output already exists"
+        typer.echo(summary_line, err=bool(existing or failed))
     if existing:
         typer.echo(
             f"error: {len(existing)} output(s) already exist and were left as they are (the first: "
@@ -482,20 +673,57 @@ SKIP_HELP = (
 )
 
 
+def _report_one(outcome: Outcome, as_json: bool, wrote_line: bool) -> None:
+    """One input's result: a few lines (the model and quality when they were chosen for the user,
+    the figures, the output) or, with ``as_json``, one JSON object; warnings and errors on stderr."""
+    if outcome.warning:
+        typer.echo(f"warning: {outcome.warning}", err=True)
+    if as_json:
+        print_json(outcome.record())
+    if outcome.status == EXISTS:
+        _fail(f"{outcome.note}; pass --force to overwrite it")
+    if outcome.status == FAILED:
+        _fail(outcome.error or outcome.message)
+    if as_json:
+        return
+    if outcome.status == SKIPPED:
+        typer.echo(f"skipped {outcome.source}: {outcome.target} already exists")
+        return
+    if outcome.model_reason:
+        typer.echo(f"model {outcome.model}, for {outcome.model_reason}; -m sets another")
+    if outcome.quality_reason:
+        typer.echo(f"quality {outcome.quality}, {outcome.quality_reason}; -q sets another")
+    typer.echo(outcome.message)
+    if wrote_line:
+        typer.echo(f"wrote {outcome.target}")
+
+
+ENCODE_MODEL_HELP = (
+    "Bundle name or folder (default: the installed model that fits each image: the photo codec for colour "
+    "photos, the digit codec for small grey images; the output says which and why)."
+)
+ENCODE_QUALITY_HELP = (
+    "0..100, higher is better (default: the model's recommended quality, 50 for photo models and 30 for "
+    "the digit codec; the output says which)."
+)
+JSON_HELP = (
+    "Print one JSON object (a folder: every file and a summary) on stdout instead of lines; warnings "
+    "and errors still go to stderr."
+)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("encode")
     def encode_command(
         source: Path = typer.Argument(..., help="An image, or a folder of images (recursive)."),
-        model: str = typer.Option(..., "--model", "-m", help="Bundle name or folder."),
+        model: str = typer.Option(None, "--model", "-m", help=ENCODE_MODEL_HELP),
         out: Path = typer.Option(
             ...,
             "--out",
             "-o",
             help=ENCODE_OUT_HELP,
         ),
-        quality: int = typer.Option(
-            None, "--quality", "-q", min=0, max=100, help="0..100, higher is better (default 75)."
-        ),
+        quality: int = typer.Option(None, "--quality", "-q", min=0, max=100, help=ENCODE_QUALITY_HELP),
         step: float = typer.Option(
             None, "--step", help="Quantisation step in posterior standard deviations (instead of --quality)."
         ),
@@ -505,19 +733,22 @@ def register(app: typer.Typer) -> None:
         max_coded_pixels: int = typer.Option(
             DEFAULT_CODED_PIXELS, "--max-coded-pixels", min=64, help=MAX_CODED_PIXELS_HELP
         ),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Compress images into .latentz files; prints sizes, bits per pixel, round-trip PSNR and time."""
+        from latentz import choice
         from latentz import runtime as rt
-        from latentz.bundle import TargetExistsError
         from latentz.data import list_image_files
 
         if quality is not None and step is not None:
             _fail("give --quality or --step, not both")
         _check_flags(force, skip_existing)
         try:
+            if model is None and not installed_models():
+                raise choice.NoModelError()
+            model_path = None if model is None else str(rt.load(model).info.path)  # fail fast if bad
             if source.is_dir():
                 _check_output_folder(out)
-                model_path = str(rt.load(model).info.path)  # fail fast on a bad model, before any work
                 sources = list_image_files(source)
                 if not sources:
                     _fail(f"{source}: no JPEG/PNG/WebP/BMP files found")
@@ -527,10 +758,13 @@ def register(app: typer.Typer) -> None:
                         sources, distinct_targets(source, sources, out, LATENTZ_SUFFIX), strict=True
                     )
                 ]
+                if model_path is not None and quality is None and step is None and not as_json:
+                    recommended = choice.recommended_quality(rt.load(model_path).config)
+                    typer.echo(f"quality {recommended.quality}, {recommended.reason}; -q sets another")
                 outcomes = run_planned(
                     guarded_encode, work, jobs or _default_jobs(), "encoding", force, skip_existing
                 )
-                _report(outcomes, "encoded")
+                _report(outcomes, "encoded", as_json, {"source": str(source), "out": str(out)})
                 return
             if out.is_dir():  # like cp: into the folder, under the input's name
                 out = out / (source.stem + LATENTZ_SUFFIX)
@@ -538,18 +772,10 @@ def register(app: typer.Typer) -> None:
                 _fail(f"{out} names an image; `latentz encode` writes .latentz files (-o NAME.latentz)")
             if out.exists() and source.exists() and out.samefile(source):
                 _fail(f"{out} is the input itself; give another output name")
-            model_path = str(rt.load(model).info.path)
-            job = EncodeJob(model_path, source, out, quality, step, force, skip_existing, max_coded_pixels)
-            outcome = encode_file(job)
-        except TargetExistsError as error:
-            if not skip_existing:
-                _fail(f"{error}; pass --force to overwrite it")
-            typer.echo(f"skipped {source}: {out} already exists")
-            return
         except user_errors() as error:
             _fail(str(error))
-        typer.echo(outcome.message)
-        typer.echo(f"wrote {out}")
+        job = EncodeJob(model_path, source, out, quality, step, force, skip_existing, max_coded_pixels)
+        _report_one(guarded_encode(job), as_json, wrote_line=True)
 
     @app.command("decode")
     def decode_command(
@@ -570,10 +796,9 @@ def register(app: typer.Typer) -> None:
         max_coded_pixels: int = typer.Option(
             DEFAULT_CODED_PIXELS, "--max-coded-pixels", min=64, help=MAX_CODED_PIXELS_HELP
         ),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Decode .latentz files into images with the model that made them."""
-        from latentz.bundle import TargetExistsError
-
         _check_flags(force, skip_existing)
         try:
             if source.is_dir():
@@ -590,17 +815,12 @@ def register(app: typer.Typer) -> None:
                 outcomes = run_planned(
                     guarded_decode, work, jobs or _default_jobs(), "decoding", force, skip_existing
                 )
-                _report(outcomes, "decoded")
+                _report(outcomes, "decoded", as_json, {"source": str(source), "out": str(out)})
                 return
             if out.is_dir():
                 out = out / (source.stem + DECODED_SUFFIX)
             image_output_format(out)  # an unknown extension is refused before any work
-            outcome = decode_file(DecodeJob(model, source, out, force, skip_existing, max_coded_pixels))
-        except TargetExistsError as error:
-            if not skip_existing:
-                _fail(f"{error}; pass --force to overwrite it")
-            typer.echo(f"skipped {source}: {out} already exists")
-            return
         except user_errors() as error:
             _fail(str(error))
-        typer.echo(outcome.message)
+        job = DecodeJob(model, source, out, force, skip_existing, max_coded_pixels)
+        _report_one(guarded_decode(job), as_json, wrote_line=False)

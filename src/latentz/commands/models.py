@@ -30,10 +30,13 @@ def where_found(path: Path) -> str:
 
 
 def model_rows() -> list[dict[str, Any]]:
+    from latentz.choice import recommended_quality
+
     rows = []
     for path in list_bundles():
         info = read_bundle(path)
         config = info.config
+        recommended = recommended_quality(config)
         rows.append(
             {
                 "name": info.name,
@@ -44,6 +47,8 @@ def model_rows() -> list[dict[str, Any]]:
                 "latent_dim": config.latent_dim,
                 "data": info.card.get("data", ""),
                 "exported": (path / ENCODER_FILE).is_file(),
+                "quality": recommended.quality,
+                "quality_reason": recommended.reason,
                 "fingerprint": info.fingerprint,
                 "short_fingerprint": info.fingerprint[:SHORT_FINGERPRINT_HEX],
             }
@@ -79,11 +84,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             "image": row["image"],
             "latent": _latent(row),
             "onnx": "yes" if row["exported"] else "no",
+            "quality": str(row["quality"]),
             "data": row["data"] or "-",
         }
         for row in rows
     ]
-    for columns in (list(cells[0]), list(cells[0])[:-1]):
+    everything = list(cells[0])
+    # Narrower terminals drop the data, then the recommended quality (the blocks below keep both).
+    for columns in (everything, everything[:-1], everything[:-2]):
         table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False)
         for column in columns:
             table.add_column(column, no_wrap=True)
@@ -98,6 +106,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         lines = [
             f"  where: {row['where']}",
             f"  model: {row['arch']} {row['image']}, latent {_latent(row)}, {exported}",
+            f"  recommended quality: {row['quality']}",
             f"  data: {row['data'] or '-'}",
         ]
         console.print(escape(f"{row['name']}  fingerprint {row['short_fingerprint']}"), style="bold")
