@@ -82,6 +82,22 @@ def model(web_model: str) -> runtime.ModelRuntime:
     return runtime.load(web_model)
 
 
+@pytest.fixture(scope="module")
+def explorer_networks(live_server: LiveServer, web_model: str) -> tuple[object, object]:
+    """The encoder and decoder the explorer runs (the server's int8 copies), as ONNX Runtime sessions
+    here: what the page computes in WebAssembly is checked against the very same networks."""
+    import httpx
+    import onnxruntime as ort
+
+    files = httpx.get(f"{live_server.url}/api/models/{web_model}", timeout=60).json()["files"]
+    sessions = []
+    for key in ("encoder_int8", "decoder_int8"):
+        assert key in files, f"the server offers no {key} for {web_model}: {files}"
+        data = httpx.get(live_server.url + files[key], timeout=60).content
+        sessions.append(ort.InferenceSession(data, providers=["CPUExecutionProvider"]))
+    return sessions[0], sessions[1]
+
+
 def sample_digit(index: int = 0) -> np.ndarray:
     """A real MNIST digit when the shared subset is present (nicer screenshots), else a synthetic one."""
     if REAL_MNIST.is_file():
@@ -278,7 +294,7 @@ def other_explorable_model(page) -> str | None:  # type: ignore[no-untyped-def]
 
 # -- explorer ---------------------------------------------------------------------------------------
 def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_repaint(
-    page, model: runtime.ModelRuntime, web_model: str
+    page, model: runtime.ModelRuntime, web_model: str, explorer_networks: tuple[object, object]
 ) -> None:  # type: ignore[no-untyped-def]
     page.goto("/explorer")
     wait_ready(page)
@@ -299,7 +315,8 @@ def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_r
     )
     assert abs(centre[0] - size / 2) <= 0.5 + 1e-4 and abs(centre[1] - size / 2) <= 0.5 + 1e-4, centre
 
-    expected, _ = model.encoder.run(None, {"image": image[None, None].astype(np.float32)})
+    encoder, decoder = explorer_networks
+    expected, _ = encoder.run(None, {"image": image[None, None].astype(np.float32)})
     np.testing.assert_allclose(latent, expected[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(state(page, "latent"), latent)
     shown = [float(page.input_value(f"#z-{i}-value")) for i in range(len(latent))]
@@ -307,8 +324,11 @@ def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_r
 
     wait_rendered(page)
     before = pixels(page, "#output")
-    (decoded,) = model.decoder.run(None, {"latent": latent[None]})
+    (decoded,) = decoder.run(None, {"latent": latent[None]})
     assert np.abs(before[:, :, 0].astype(int) - np.rint(np.clip(decoded[0, 0], 0, 1) * 255)).max() <= 1
+    # ... and the bundle's own float32 networks show the same digit to a few grey levels.
+    (original,) = model.decoder.run(None, {"latent": latent[None]})
+    assert np.abs(before[:, :, 0].astype(int) - np.rint(np.clip(original[0, 0], 0, 1) * 255)).max() <= 6
 
     dimension = most_active_dimension(page)
     slider = page.locator(f"#z-{dimension}")
@@ -355,7 +375,7 @@ def test_releasing_the_mouse_outside_the_pad_ends_the_stroke(page) -> None:  # t
 
 def test_drawing_before_the_models_load_shows_progress_then_is_encoded(page) -> None:  # type: ignore[no-untyped-def]
     held = []
-    page.route("**/files/*.onnx", lambda route: held.append(route))
+    page.route("**/files/**/*.onnx", lambda route: held.append(route))
     page.goto("/explorer")
     page.wait_for_function("() => document.querySelector('.progress-label').textContent.includes('Loading')")
     draw(page, ONE)
@@ -512,7 +532,7 @@ def test_a_bad_share_link_says_what_is_wrong_with_it_and_the_message_stays(
 def test_the_pad_stays_put_while_the_model_loads_in_the_middle_of_a_stroke(sized_page) -> None:  # type: ignore[no-untyped-def]
     page = sized_page
     held = []
-    page.route("**/files/*.onnx", lambda route: held.append(route))
+    page.route("**/files/**/*.onnx", lambda route: held.append(route))
     page.goto("/explorer")
     page.wait_for_function("() => document.querySelector('.progress-label').textContent.includes('Loading')")
     for _ in range(200):
