@@ -49,6 +49,12 @@ BENCHMARKS = [
         what="browser decode per slider move; server vs reload-per-request baseline (web.json, web.md)",
     ),
     Benchmark(
+        "first-visit",
+        "bench_first_visit.py",
+        quick=["--results", str(QUICK_RESULTS)],
+        what="bytes a first and a repeat visit download: explorer, receiver, /docs (first_visit.json)",
+    ),
+    Benchmark(
         "load",
         "load_test.py",
         full=["--requests", "20000", "--concurrency", "64", "--warmup", "2000"],

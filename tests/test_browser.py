@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import CHROMIUM, launch
+from chromium import CHROMIUM, NetworkMeter, launch
 from conftest import REAL_MNIST, REPO, LiveServer, make_digits
 from PIL import Image
 
@@ -1037,3 +1037,73 @@ def test_receiver_decodes_a_photo_from_a_spatial_model(page, spatial_web_model: 
     saved = Image.open(io.BytesIO(png))
     assert saved.size == (52, 37)  # its own size, not the canvas's on screen
     np.testing.assert_array_equal(np.asarray(saved.convert("RGBA")), decoded)
+
+
+# -- a light first visit, /docs offline ----------------------------------------------------------------
+FIRST_VISIT_BUDGET = 6_000_000
+"""Bytes (decimal MB) a first visit to the explorer may transfer (issue 13; it was 21,225,678)."""
+REPEAT_VISIT_BUDGET = 20_000
+"""'About 0': a repeat visit revalidates the page, its scripts and the model list (304s)."""
+
+
+def visit_explorer(context) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Open the explorer until its model is loaded and the network is idle; what each request cost."""
+    page = context.new_page()
+    meter = NetworkMeter(page)
+    page.goto("/explorer")
+    wait_ready(page)
+    page.wait_for_load_state("networkidle")
+    rows = meter.rows()
+    page.close()
+    return rows
+
+
+def test_a_first_visit_to_the_explorer_downloads_under_6_mb_and_a_repeat_visit_almost_nothing(
+    browser, live_server: LiveServer
+) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1100, "height": 900})
+    try:
+        first = visit_explorer(context)
+        repeat = visit_explorer(context)  # same profile: its cache holds what the first visit kept
+    finally:
+        context.close()
+    total = sum(row["bytes"] for row in first)
+    listing = "\n".join(
+        f"{row['bytes']:>10,} {row['url']}" for row in sorted(first, key=lambda r: -r["bytes"])
+    )
+    assert total <= FIRST_VISIT_BUDGET, f"a first visit transferred {total:,} bytes:\n{listing}"
+    networks = [row for row in first if row["url"].endswith(".onnx")]
+    assert len(networks) == 2 and all(row["url"].endswith(".int8.onnx") for row in networks), networks
+    assert all(row["encoding"] == "gzip" for row in first if row["url"].endswith((".wasm", ".onnx", ".mjs")))
+    repeated = sum(row["bytes"] for row in repeat)
+    assert repeated <= REPEAT_VISIT_BUDGET, [(row["url"], row["bytes"]) for row in repeat if row["bytes"]]
+    for row in repeat:
+        if row["url"].endswith((".wasm", ".onnx", ".mjs")):
+            assert row["from_cache"] and row["bytes"] == 0, row  # not even asked for again
+
+
+def test_the_api_docs_render_offline(browser, live_server: LiveServer) -> None:  # type: ignore[no-untyped-def]
+    """Swagger UI lists the operations with every request to another host refused (as offline)."""
+    context, page = _new_page(browser, live_server, viewport={"width": 1100, "height": 900})
+    elsewhere: list[str] = []
+
+    def only_this_server(route) -> None:  # type: ignore[no-untyped-def]
+        if route.request.url.startswith(live_server.url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    try:
+        page.route("**/*", only_this_server)
+        response = page.goto("/docs")
+        page.wait_for_selector(".opblock", timeout=30_000)
+        assert response.headers["cross-origin-embedder-policy"] == "require-corp"
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        assert "/api/models/{name}/encode" in [path.replace("\u200b", "") for path in paths], paths
+        assert len(paths) >= 12
+        assert page.evaluate("crossOriginIsolated") is True
+        assert elsewhere == []
+        assert page.uncaught == []
+    finally:
+        context.close()

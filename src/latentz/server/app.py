@@ -66,6 +66,7 @@ from latentz.server.registry import SERVED_FILES, ModelRegistry
 log = logging.getLogger("latentz.server")
 
 LATENTZ_MEDIA_TYPE = "application/x-latentz"
+OPENAPI_URL = "/openapi.json"
 DEFAULT_QUALITY = 75
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -349,6 +350,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served below from node_modules, not from a CDN
         redoc_url=None,
+        openapi_url=None,  # served below, compressed and revalidated
     )
     app.state.registry = registry
     app.state.limits = limits
@@ -813,11 +815,21 @@ def create_app(
         assets.check_vendor_version(runtime, version)
         return assets.serve_file(request, path, immutable=True)
 
+    schema_payload: list[assets.Payload] = []
+
+    @app.api_route(OPENAPI_URL, methods=["GET", "HEAD"], include_in_schema=False)
+    def openapi_document(request: Request) -> Response:
+        """The OpenAPI schema (fixed once the app runs): gzipped, with an ETag for a 304."""
+        if not schema_payload:
+            schema_payload.append(assets.Payload.of(render_json(app.openapi()), "application/json"))
+        return assets.serve_payload(request, schema_payload[0])
+
     @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
     def api_docs(request: Request) -> Response:
         """Swagger UI on this API's schema, from node_modules (it works offline)."""
-        page = assets.api_docs_page(swagger_ui, app.openapi_url or "/openapi.json", f"{app.title} API")
-        return assets.serve_payload(request, page)
+        return assets.serve_payload(
+            request, assets.api_docs_page(swagger_ui, OPENAPI_URL, f"{app.title} API")
+        )
 
     @app.api_route("/redoc", methods=["GET", "HEAD"], include_in_schema=False)
     def redoc() -> Response:
