@@ -55,6 +55,12 @@ BENCHMARKS = [
         what="bytes a first and a repeat visit download: explorer, receiver, /docs (first_visit.json)",
     ),
     Benchmark(
+        "lean-models",
+        "lean_models.py",
+        quick=["--limit", "100", "--results", str(QUICK_RESULTS)],
+        what="the browser's int8/float16 networks vs the bundles' on held-out images (lean_models.json)",
+    ),
+    Benchmark(
         "load",
         "load_test.py",
         full=["--requests", "20000", "--concurrency", "64", "--warmup", "2000"],

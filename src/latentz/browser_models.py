@@ -148,13 +148,14 @@ class _Use:
     transposed_b: bool
 
 
-def _uses(graph: bytes) -> tuple[dict[str, list[_Use]], set[str]]:
-    """Which node inputs each name feeds, and every name the graph defines or reads."""
+def _uses(graph: bytes) -> tuple[dict[str, list[_Use]], set[str], set[str]]:
+    """Which node inputs each name feeds, every name the graph defines or reads, and its inputs."""
     uses: dict[str, list[_Use]] = {}
     names: set[str] = set()
+    inputs_of_graph: set[str] = set()
     for field in _fields(graph):
         if field.number == GRAPH_INPUT and field.wire == LENGTH:
-            names |= {item.value.decode() for item in _fields(field.value) if item.number == 1}
+            inputs_of_graph |= {item.value.decode() for item in _fields(field.value) if item.number == 1}
         if field.number != GRAPH_NODE or field.wire != LENGTH:
             continue
         inputs, op_type, transposed_b = [], "", False
@@ -172,7 +173,7 @@ def _uses(graph: bytes) -> tuple[dict[str, list[_Use]], set[str]]:
         for index, name in enumerate(inputs):
             uses.setdefault(name, []).append(_Use(op_type, index, transposed_b))
             names.add(name)
-    return uses, names
+    return uses, names | inputs_of_graph, inputs_of_graph
 
 
 def _output_axis(uses: list[_Use], ndim: int) -> int | None:
@@ -242,15 +243,25 @@ def _quantize(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- the copy -------------------------------------------------------------------------------------
 def lean_model(model: bytes, precision: Precision) -> bytes:
-    """A copy of the ONNX ``model`` whose large float32 weights are stored in ``precision``."""
+    """A copy of the ONNX ``model`` whose large float32 weights are stored in ``precision``.
+
+    Raises `LeanModelError` for bytes that are not an ONNX model this module can read.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    try:
+        return _lean_model(model, precision)
+    except (UnicodeDecodeError, IndexError, KeyError) as error:  # names that are not text, broken fields
+        raise LeanModelError(f"not an ONNX model this module can rewrite: {error}") from None
+
+
+def _lean_model(model: bytes, precision: Precision) -> bytes:
     top = list(_fields(model))
     graphs = [field for field in top if field.number == MODEL_GRAPH and field.wire == LENGTH]
     if len(graphs) != 1:
         raise LeanModelError("not an ONNX model: no graph")
     graph = graphs[0].value
-    uses, taken = _uses(graph)
+    uses, taken, graph_inputs = _uses(graph)
 
     def fresh(base: str) -> str:
         name, counter = base, 1
@@ -271,7 +282,9 @@ def lean_model(model: bytes, precision: Precision) -> bytes:
             tensor.setdefault(item.number, []).append(item)
         name = tensor[TENSOR_NAME][0].value.decode() if TENSOR_NAME in tensor else ""
         values = _float_values(tensor)
-        if not name or values is None or values.size < MIN_LEAN_VALUES or not np.isfinite(values).all():
+        # An initializer that is also a graph input is a default the caller may override: left alone.
+        small = values is None or values.size < MIN_LEAN_VALUES
+        if not name or name in graph_inputs or small or not np.isfinite(values).all():
             graph_out.append(field.raw)
             continue
         axis = _output_axis(uses.get(name, []), values.ndim)
