@@ -49,6 +49,18 @@ BENCHMARKS = [
         what="browser decode per slider move; server vs reload-per-request baseline (web.json, web.md)",
     ),
     Benchmark(
+        "first-visit",
+        "bench_first_visit.py",
+        quick=["--results", str(QUICK_RESULTS)],
+        what="bytes a first and a repeat visit download: explorer, receiver, /docs (first_visit.json)",
+    ),
+    Benchmark(
+        "lean-models",
+        "lean_models.py",
+        quick=["--limit", "100", "--results", str(QUICK_RESULTS)],
+        what="the browser's int8/float16 networks vs the bundles' on held-out images (lean_models.json)",
+    ),
+    Benchmark(
         "load",
         "load_test.py",
         full=["--requests", "20000", "--concurrency", "64", "--warmup", "2000"],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import CHROMIUM, launch
+from chromium import CHROMIUM, NetworkMeter, launch
 from conftest import REAL_MNIST, REPO, LiveServer, make_digits
 from PIL import Image
 
@@ -80,6 +80,22 @@ def sized_page(request, browser, live_server: LiveServer) -> Iterator[object]:  
 @pytest.fixture(scope="module")
 def model(web_model: str) -> runtime.ModelRuntime:
     return runtime.load(web_model)
+
+
+@pytest.fixture(scope="module")
+def explorer_networks(live_server: LiveServer, web_model: str) -> tuple[object, object]:
+    """The encoder and decoder the explorer runs (the server's int8 copies), as ONNX Runtime sessions
+    here: what the page computes in WebAssembly is checked against the very same networks."""
+    import httpx
+    import onnxruntime as ort
+
+    files = httpx.get(f"{live_server.url}/api/models/{web_model}", timeout=60).json()["files"]
+    sessions = []
+    for key in ("encoder_int8", "decoder_int8"):
+        assert key in files, f"the server offers no {key} for {web_model}: {files}"
+        data = httpx.get(live_server.url + files[key], timeout=60).content
+        sessions.append(ort.InferenceSession(data, providers=["CPUExecutionProvider"]))
+    return sessions[0], sessions[1]
 
 
 def sample_digit(index: int = 0) -> np.ndarray:
@@ -278,7 +294,7 @@ def other_explorable_model(page) -> str | None:  # type: ignore[no-untyped-def]
 
 # -- explorer ---------------------------------------------------------------------------------------
 def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_repaint(
-    page, model: runtime.ModelRuntime, web_model: str
+    page, model: runtime.ModelRuntime, web_model: str, explorer_networks: tuple[object, object]
 ) -> None:  # type: ignore[no-untyped-def]
     page.goto("/explorer")
     wait_ready(page)
@@ -299,7 +315,8 @@ def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_r
     )
     assert abs(centre[0] - size / 2) <= 0.5 + 1e-4 and abs(centre[1] - size / 2) <= 0.5 + 1e-4, centre
 
-    expected, _ = model.encoder.run(None, {"image": image[None, None].astype(np.float32)})
+    encoder, decoder = explorer_networks
+    expected, _ = encoder.run(None, {"image": image[None, None].astype(np.float32)})
     np.testing.assert_allclose(latent, expected[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(state(page, "latent"), latent)
     shown = [float(page.input_value(f"#z-{i}-value")) for i in range(len(latent))]
@@ -307,8 +324,11 @@ def test_drawing_is_preprocessed_like_mnist_encoded_in_the_browser_and_sliders_r
 
     wait_rendered(page)
     before = pixels(page, "#output")
-    (decoded,) = model.decoder.run(None, {"latent": latent[None]})
+    (decoded,) = decoder.run(None, {"latent": latent[None]})
     assert np.abs(before[:, :, 0].astype(int) - np.rint(np.clip(decoded[0, 0], 0, 1) * 255)).max() <= 1
+    # ... and the bundle's own float32 networks show the same digit to a few grey levels.
+    (original,) = model.decoder.run(None, {"latent": latent[None]})
+    assert np.abs(before[:, :, 0].astype(int) - np.rint(np.clip(original[0, 0], 0, 1) * 255)).max() <= 6
 
     dimension = most_active_dimension(page)
     slider = page.locator(f"#z-{dimension}")
@@ -355,7 +375,7 @@ def test_releasing_the_mouse_outside_the_pad_ends_the_stroke(page) -> None:  # t
 
 def test_drawing_before_the_models_load_shows_progress_then_is_encoded(page) -> None:  # type: ignore[no-untyped-def]
     held = []
-    page.route("**/files/*.onnx", lambda route: held.append(route))
+    page.route("**/files/**/*.onnx", lambda route: held.append(route))
     page.goto("/explorer")
     page.wait_for_function("() => document.querySelector('.progress-label').textContent.includes('Loading')")
     draw(page, ONE)
@@ -512,7 +532,7 @@ def test_a_bad_share_link_says_what_is_wrong_with_it_and_the_message_stays(
 def test_the_pad_stays_put_while_the_model_loads_in_the_middle_of_a_stroke(sized_page) -> None:  # type: ignore[no-untyped-def]
     page = sized_page
     held = []
-    page.route("**/files/*.onnx", lambda route: held.append(route))
+    page.route("**/files/**/*.onnx", lambda route: held.append(route))
     page.goto("/explorer")
     page.wait_for_function("() => document.querySelector('.progress-label').textContent.includes('Loading')")
     for _ in range(200):
@@ -1017,3 +1037,73 @@ def test_receiver_decodes_a_photo_from_a_spatial_model(page, spatial_web_model: 
     saved = Image.open(io.BytesIO(png))
     assert saved.size == (52, 37)  # its own size, not the canvas's on screen
     np.testing.assert_array_equal(np.asarray(saved.convert("RGBA")), decoded)
+
+
+# -- a light first visit, /docs offline ----------------------------------------------------------------
+FIRST_VISIT_BUDGET = 6_000_000
+"""Bytes (decimal MB) a first visit to the explorer may transfer (issue 13; it was 21,225,678)."""
+REPEAT_VISIT_BUDGET = 20_000
+"""'About 0': a repeat visit revalidates the page, its scripts and the model list (304s)."""
+
+
+def visit_explorer(context) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Open the explorer until its model is loaded and the network is idle; what each request cost."""
+    page = context.new_page()
+    meter = NetworkMeter(page)
+    page.goto("/explorer")
+    wait_ready(page)
+    page.wait_for_load_state("networkidle")
+    rows = meter.rows()
+    page.close()
+    return rows
+
+
+def test_a_first_visit_to_the_explorer_downloads_under_6_mb_and_a_repeat_visit_almost_nothing(
+    browser, live_server: LiveServer
+) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1100, "height": 900})
+    try:
+        first = visit_explorer(context)
+        repeat = visit_explorer(context)  # same profile: its cache holds what the first visit kept
+    finally:
+        context.close()
+    total = sum(row["bytes"] for row in first)
+    listing = "\n".join(
+        f"{row['bytes']:>10,} {row['url']}" for row in sorted(first, key=lambda r: -r["bytes"])
+    )
+    assert total <= FIRST_VISIT_BUDGET, f"a first visit transferred {total:,} bytes:\n{listing}"
+    networks = [row for row in first if row["url"].endswith(".onnx")]
+    assert len(networks) == 2 and all(row["url"].endswith(".int8.onnx") for row in networks), networks
+    assert all(row["encoding"] == "gzip" for row in first if row["url"].endswith((".wasm", ".onnx", ".mjs")))
+    repeated = sum(row["bytes"] for row in repeat)
+    assert repeated <= REPEAT_VISIT_BUDGET, [(row["url"], row["bytes"]) for row in repeat if row["bytes"]]
+    for row in repeat:
+        if row["url"].endswith((".wasm", ".onnx", ".mjs")):
+            assert row["from_cache"] and row["bytes"] == 0, row  # not even asked for again
+
+
+def test_the_api_docs_render_offline(browser, live_server: LiveServer) -> None:  # type: ignore[no-untyped-def]
+    """Swagger UI lists the operations with every request to another host refused (as offline)."""
+    context, page = _new_page(browser, live_server, viewport={"width": 1100, "height": 900})
+    elsewhere: list[str] = []
+
+    def only_this_server(route) -> None:  # type: ignore[no-untyped-def]
+        if route.request.url.startswith(live_server.url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    try:
+        page.route("**/*", only_this_server)
+        response = page.goto("/docs")
+        page.wait_for_selector(".opblock", timeout=30_000)
+        assert response.headers["cross-origin-embedder-policy"] == "require-corp"
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        assert "/api/models/{name}/encode" in [path.replace("\u200b", "") for path in paths], paths
+        assert len(paths) >= 12
+        assert page.evaluate("crossOriginIsolated") is True
+        assert elsewhere == []
+        assert page.uncaught == []
+    finally:
+        context.close()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -123,7 +125,8 @@ def test_model_list_and_card(client: httpx.Client, web_model: str) -> None:
     assert summary["file_fingerprint"] == info.fingerprint[:8]
     assert summary["latent_shape"] == [info.config.latent_dim]
     assert summary["exported"] is True
-    assert summary["files"]["decoder"] == f"/api/models/{web_model}/files/decoder.onnx"
+    digest = hashlib.sha256(info.file(DECODER_FILE).read_bytes()).hexdigest()
+    assert summary["files"]["decoder"] == f"/api/models/{web_model}/files/{digest[:16]}/decoder.onnx"
 
     card = client.get(f"/api/models/{web_model}").json()
     stats = card["card"]["latent_stats"]
@@ -433,7 +436,10 @@ def test_read_returns_the_header_and_the_exact_dequantised_latent(
     assert body["latent_shape"] == list(header.latent_shape)
     assert body["step_units"] == header.step / codec.FINE_PER_UNIT
     assert body["bytes"] == len(digit_latentz)
-    assert body["decoder"] == f"/api/models/{web_model}/files/decoder.onnx"
+    # The receiver's decoder: the float16 copy the model list offers (its pixels within a grey level).
+    listed = client.get(f"/api/models/{web_model}").json()["files"]
+    assert body["decoder"] == listed["decoder_fp16"]
+    assert re.fullmatch(f"/api/models/{web_model}/files/[0-9a-f]{{16}}/decoder.fp16.onnx", body["decoder"])
     np.testing.assert_array_equal(np.asarray(body["latent"], dtype=np.float32), latent.ravel())
 
 

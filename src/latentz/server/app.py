@@ -21,6 +21,7 @@ import math
 import os
 import re
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ from starlette.types import ASGIApp, Scope
 
 import latentz
 from latentz import codec, imaging, metrics
+from latentz.bundle import BundleInfo
 from latentz.codec import EntropyModelError
 from latentz.codec.limits import SizeLimits, TooLargeError
 from latentz.runtime import ModelRuntime, ModelRuntimeError, OutOfMemoryError, Prepared
@@ -59,11 +61,12 @@ from latentz.server.limits import (
 )
 from latentz.server.origins import CrossSiteGuard
 from latentz.server.protocol import HEADER_TIMEOUT_STATE
-from latentz.server.registry import ModelRegistry
+from latentz.server.registry import SERVED_FILES, ModelRegistry
 
 log = logging.getLogger("latentz.server")
 
 LATENTZ_MEDIA_TYPE = "application/x-latentz"
+OPENAPI_URL = "/openapi.json"
 DEFAULT_QUALITY = 75
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -320,6 +323,8 @@ def create_app(
     registry = ModelRegistry()
     gate = JobGate(limits.max_concurrent_jobs, limits.queue_timeout_s, limits.max_waiting_per_client)
     web_runtime = assets.find_web_runtime(node_modules)
+    swagger_ui = assets.find_package(assets.SWAGGER_UI, node_modules)
+    model_files = assets.ModelFiles(registry.file_path)
     worker = secrets.token_hex(6)
     """Which worker answered, for `latentz serve --workers N` (random: a PID tells strangers too much)."""
 
@@ -329,8 +334,11 @@ def create_app(
         if preload:
             loaded = registry.preload()
             log.info("models loaded: %s", ", ".join(loaded) or "none")
-        if web_runtime.error:
-            log.warning("%s", web_runtime.detail)
+        for package in (web_runtime, swagger_ui):
+            if package.error:
+                log.warning("%s", package.detail)
+        if preload:  # compress the big files and make the lean networks before the first visitor asks
+            threading.Thread(target=warm_up, name="latentz-warm-up", daemon=True).start()
         # uvicorn hands the lifespan state to each connection's protocol (`GuardedH11Protocol`).
         yield {HEADER_TIMEOUT_STATE: limits.header_timeout_s}
 
@@ -342,6 +350,9 @@ def create_app(
             "sample and interpolate. Errors are JSON `{error, code, status}`; see each endpoint's statuses."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from node_modules, not from a CDN
+        redoc_url=None,
+        openapi_url=None,  # served below, compressed and revalidated
     )
     app.state.registry = registry
     app.state.limits = limits
@@ -416,16 +427,23 @@ def create_app(
             "jobs": {"running": gate.running, "waiting": gate.waiting, **gate.counts},
         }
 
+    def with_file_urls(summary: dict[str, Any], info: BundleInfo) -> dict[str, Any]:
+        return {**summary, "files": model_files.urls(info, SERVED_FILES)}
+
     @app.get("/api/models", tags=["models"])
-    def list_models() -> dict[str, Any]:
-        """Every installed model with its shape, data set, metrics and the URLs of its browser files."""
+    def list_models(request: Request) -> Response:
+        """Every installed model with its shape, data set, metrics and the URLs of its browser files
+        (versioned: each URL changes with its file's content; lean copies of the networks included)."""
         registry.rescan()
-        return {"models": [registry.summary(registry.info(name)) for name in registry.names()]}
+        infos = [registry.info(name) for name in registry.names()]
+        models = [with_file_urls(registry.summary(info), info) for info in infos]
+        return assets.serve_json(request, render_json({"models": models}))
 
     @app.get("/api/models/{name}", tags=["models"], responses={404: ERRORS[404]})
-    def model_card(name: str) -> dict[str, Any]:
+    def model_card(name: str, request: Request) -> Response:
         """One model's summary plus its full config and card (latent_stats drive the explorer's sliders)."""
-        return registry.detail(registry.info(name))
+        info = registry.info(name)
+        return assets.serve_json(request, render_json(with_file_urls(registry.detail(info), info)))
 
     @app.api_route(
         "/api/models/{name}/files/{filename}",
@@ -443,8 +461,31 @@ def create_app(
         },
     )
     def model_file(name: str, filename: str, request: Request) -> Response:
-        """encoder.onnx, decoder.onnx or entropy_model.json of a bundle, for the browser."""
-        return assets.serve_file(request, registry.file_path(name, filename))
+        """encoder.onnx, decoder.onnx or entropy_model.json of a bundle, or a lean copy of a network
+        (encoder.int8.onnx, decoder.fp16.onnx, ...), for the browser; revalidated (ETag)."""
+        return assets.serve_payload(request, model_files.payload(registry.info(name), filename))
+
+    @app.api_route(
+        "/api/models/{name}/files/{version}/{filename}",
+        methods=["HEAD"],
+        include_in_schema=False,
+    )
+    @app.get(
+        "/api/models/{name}/files/{version}/{filename}",
+        tags=["models"],
+        responses={
+            200: {"content": {"application/octet-stream": {}, "application/json": {}}},
+            304: {"description": "Not modified (If-None-Match matched the ETag)"},
+            404: ERRORS[404],
+            409: ERRORS[409],
+        },
+    )
+    def versioned_model_file(name: str, version: str, filename: str, request: Request) -> Response:
+        """The same files at the URLs /api/models lists: the version is the file's content digest,
+        so the answer may be cached for good (404 once the file has changed)."""
+        payload = model_files.payload(registry.info(name), filename)
+        assets.check_version(version, payload, f"{name}'s {filename}")
+        return assets.serve_payload(request, payload, immutable=True)
 
     # -- images -> latents and files ------------------------------------------------------
     async def read_image_upload(upload: UploadFile) -> bytes:
@@ -630,7 +671,7 @@ def create_app(
                     "step": header.step,
                     "step_units": header.step / codec.FINE_PER_UNIT,
                     "latent": _flat(latent_values),
-                    "decoder": f"/api/models/{runtime_model.name}/files/decoder.onnx",
+                    "decoder": model_files.browser_decoder(registry.info(runtime_model.name)),
                 }
             )
 
@@ -726,7 +767,9 @@ def create_app(
 
     # -- pages ----------------------------------------------------------------------------
     def _page(request: Request, page: str) -> Response:
-        return assets.serve_file(request, assets.web_file(assets.PAGES[page]))
+        return assets.serve_payload(
+            request, assets.render_page(assets.web_file(assets.PAGES[page]), web_runtime)
+        )
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index_page(request: Request) -> Response:
@@ -752,9 +795,60 @@ def create_app(
     def static_file(relative: str, request: Request) -> Response:
         return assets.serve_file(request, assets.web_file(relative))
 
-    @app.api_route(f"/vendor/{assets.ORT_PACKAGE}/{{name}}", methods=["GET", "HEAD"], include_in_schema=False)
-    def vendor(name: str, request: Request) -> Response:
-        return assets.serve_file(request, assets.vendor_file(web_runtime, name))
+    vendored = {package.package.name: package for package in (web_runtime, swagger_ui)}
+
+    def vendor_package(package: str) -> assets.WebRuntime:
+        if package not in vendored:
+            raise ApiError(
+                404, f"/vendor/{package[:80]} is not served (only {', '.join(vendored)})", "not_found"
+            )
+        return vendored[package]
+
+    @app.api_route("/vendor/{package}/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    def vendor(package: str, name: str, request: Request) -> Response:
+        """An npm file at its unversioned URL (revalidated each visit)."""
+        return assets.serve_file(request, assets.vendor_file(vendor_package(package), name))
+
+    @app.api_route("/vendor/{package}/{version}/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    def versioned_vendor(package: str, version: str, name: str, request: Request) -> Response:
+        """An npm file at the URL that names its version: cached for good."""
+        runtime = vendor_package(package)
+        path = assets.vendor_file(runtime, name)
+        assets.check_vendor_version(runtime, version)
+        return assets.serve_file(request, path, immutable=True)
+
+    schema_payload: list[assets.Payload] = []
+
+    @app.api_route(OPENAPI_URL, methods=["GET", "HEAD"], include_in_schema=False)
+    def openapi_document(request: Request) -> Response:
+        """The OpenAPI schema (fixed once the app runs): gzipped, with an ETag for a 304."""
+        if not schema_payload:
+            schema_payload.append(assets.Payload.of(render_json(app.openapi()), "application/json"))
+        return assets.serve_payload(request, schema_payload[0])
+
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
+    def api_docs(request: Request) -> Response:
+        """Swagger UI on this API's schema, from node_modules (it works offline)."""
+        return assets.serve_payload(
+            request, assets.api_docs_page(swagger_ui, OPENAPI_URL, f"{app.title} API")
+        )
+
+    @app.api_route("/redoc", methods=["GET", "HEAD"], include_in_schema=False)
+    def redoc() -> Response:
+        return RedirectResponse("/docs")
+
+    def warm_up() -> None:
+        """What a first visit fetches, made ready at start-up (each is made once, whoever asks first)."""
+        try:
+            for name in web_runtime.package.files if web_runtime.dist else ():
+                assets.file_payload(assets.vendor_file(web_runtime, name))
+            for page in assets.PAGES.values():
+                assets.render_page(assets.web_file(page), web_runtime)
+            for name in registry.names():
+                with contextlib.suppress(ApiError):
+                    model_files.urls(registry.info(name), SERVED_FILES)
+        except Exception:  # a warm-up that fails leaves the work to the first request
+            log.exception("warming up the browser files failed")
 
     # -- who may call, and how big a body may be (outermost last) -----------------------------
     sampling = [route for route in app.routes if isinstance(route, APIRoute) and route.endpoint is sample]

@@ -1,31 +1,58 @@
-"""The pages (``latentz/web/``) and the three onnxruntime-web files they import, served as-is.
+"""Everything the browser downloads: the pages, the npm files they use, and each model's networks.
 
-No build step: the pages are plain ES modules. onnxruntime-web comes from ``node_modules`` of the
-repository checkout (``npm ci`` installs the version pinned in package-lock.json); set
-``LATENTZ_NODE_MODULES`` to use another folder.
+No build step: the pages are plain ES modules. Their npm dependencies (onnxruntime-web for the
+pages, swagger-ui-dist for ``/docs``) come from ``node_modules`` of the repository checkout
+(``npm ci`` installs the versions pinned in package-lock.json); set ``LATENTZ_NODE_MODULES`` to
+use another folder. Only the files named in `ORT` and `SWAGGER_UI` are served.
+
+How files travel (a first visit to the explorer was 21 MB, and every visit downloaded it again):
+
+- **Compressed once.** Text, WebAssembly, JSON and ONNX files are gzipped once per file version
+  (`Payload`, kept in memory for the life of the process) and sent to browsers that accept gzip,
+  with ``Vary: Accept-Encoding``. A compressed answer carries ``X-Uncompressed-Length``, the
+  size its stream yields once decoded, so a page can show truthful progress (``Content-Length``
+  counts the compressed bytes). A ``Range`` request gets the plain bytes.
+- **Versioned URLs are cached for good.** ``/vendor/{package}/{version}/{file}`` and
+  ``/api/models/{name}/files/{version}/{file}`` (the version is the file's content digest, so
+  it changes whenever the bytes do) are ``immutable`` for a year: a repeat visit downloads
+  nothing. The pages learn those URLs from the import map the server writes into each page
+  (`render_page`) and from ``/api/models``. Pages and unversioned URLs are revalidated
+  (``no-cache`` and an ``ETag``: a repeat visit costs a 304).
+- **Lean networks for the browser.** `ModelFiles` offers, beside a bundle's own ONNX files,
+  copies with int8 or float16 weights (`latentz.browser_models`), each only if its outputs stay
+  within the module's tolerance of the original's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
+import logging
 import os
+import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, Response
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 import latentz
+from latentz import browser_models
+from latentz.bundle import DECODER_FILE, ENCODER_FILE, BundleInfo
 from latentz.server.errors import ApiError
+from latentz.server.registry import SERVED_FILES
+
+log = logging.getLogger("latentz.server")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PAGES = {"": "index.html", "codec": "codec.html", "receiver": "receiver.html", "explorer": "explorer.html"}
-ORT_PACKAGE = "onnxruntime-web"
-ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-"""The only onnxruntime-web files the pages need (the WASM backend, SIMD + threads)."""
 
 MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -38,11 +65,39 @@ MEDIA_TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
 }
+COMPRESSIBLE = {".html", ".js", ".mjs", ".css", ".json", ".wasm", ".svg", ".onnx"}
+GZIP_LEVEL = 6
+"""zlib's default: level 9 makes onnxruntime-web's 14.2 MB wasm only 0.4% smaller (3.65 vs 3.67 MB)
+for 60% more time, paid once per process."""
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+UNCOMPRESSED_LENGTH = "X-Uncompressed-Length"
+
+
+@dataclass(frozen=True)
+class VendorPackage:
+    """An npm package the pages use, and the only files of it the server hands out."""
+
+    name: str
+    folder: str
+    files: tuple[str, ...]
+
+
+ORT = VendorPackage(
+    "onnxruntime-web",
+    "dist",
+    ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
+)
+"""The WebAssembly backend (SIMD + threads) of onnxruntime-web: all the pages need of it."""
+SWAGGER_UI = VendorPackage("swagger-ui-dist", "", ("swagger-ui-bundle.js", "swagger-ui.css"))
+"""The OpenAPI viewer at /docs (FastAPI's default loads it from a CDN: blank offline)."""
+ORT_PACKAGE = ORT.name
+ORT_FILES = ORT.files
 
 
 @dataclass(frozen=True)
 class WebRuntime:
-    """Where onnxruntime-web was found, or why it was not.
+    """Where an npm package was found, or why it was not.
 
     ``error`` is for anyone (the health check, a 404): it names no folder of this machine;
     ``detail`` adds where it looked, for the server's log and the operator's terminal.
@@ -52,14 +107,20 @@ class WebRuntime:
     version: str | None
     error: str | None
     detail: str | None = None
+    package: VendorPackage = ORT
 
     def as_json(self) -> dict[str, object]:
         return {
             "available": self.dist is not None,
-            "package": ORT_PACKAGE,
+            "package": self.package.name,
             "version": self.version,
             "error": self.error,
         }
+
+    def url(self, name: str) -> str:
+        """The file's URL: with the package's version in it (cached for good) when the version is known."""
+        version = f"{self.version}/" if self.version else ""
+        return f"/vendor/{self.package.name}/{version}{name}"
 
 
 def candidate_node_modules() -> list[Path]:
@@ -73,29 +134,171 @@ def candidate_node_modules() -> list[Path]:
     return candidates
 
 
-def find_web_runtime(node_modules: Path | None = None) -> WebRuntime:
+def find_package(package: VendorPackage, node_modules: Path | None = None) -> WebRuntime:
     candidates = [node_modules] if node_modules is not None else candidate_node_modules()
     for folder in candidates:
-        dist = folder / ORT_PACKAGE / "dist"
-        if all((dist / name).is_file() for name in ORT_FILES):
+        dist = folder / package.name / package.folder
+        if all((dist / name).is_file() for name in package.files):
             version = None
-            with contextlib.suppress(OSError, ValueError):
-                version = json.loads((folder / ORT_PACKAGE / "package.json").read_text()).get("version")
-            return WebRuntime(dist=dist, version=version, error=None)
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                version = json.loads((folder / package.name / "package.json").read_text()).get("version")
+            if not isinstance(version, str) or not re.fullmatch(r"[0-9A-Za-z.+-]{1,40}", version):
+                version = None
+            return WebRuntime(dist=dist, version=version, error=None, package=package)
     looked = ", ".join(str(folder) for folder in candidates)
     advice = "run `npm ci` in the latentz repository (or `make run`), or set LATENTZ_NODE_MODULES"
+    first = f"{package.name}/{package.folder + '/' if package.folder else ''}{package.files[0]}"
     return WebRuntime(
         dist=None,
         version=None,
-        error=f"{ORT_PACKAGE} is not installed on this server; {advice}",
-        detail=f"{ORT_PACKAGE} is not installed (looked for {ORT_PACKAGE}/dist/{ORT_FILES[0]} in {looked}); "
-        + advice,
+        error=f"{package.name} is not installed on this server; {advice}",
+        detail=f"{package.name} is not installed (looked for {first} in {looked}); {advice}",
+        package=package,
     )
 
 
-def _etag(path: Path) -> str:
+def find_web_runtime(node_modules: Path | None = None) -> WebRuntime:
+    return find_package(ORT, node_modules)
+
+
+# -- payloads: a file's bytes as served, compressed once ---------------------------------------------
+@dataclass(frozen=True)
+class Payload:
+    """One version of a file: its digest (for the ETag and URL version) and its gzipped bytes.
+
+    The plain bytes are read from ``path`` when there is one (so Range requests work and a 14 MB
+    file is not held twice); otherwise they are ``data`` (a rendered page, a lean network).
+    """
+
+    media_type: str
+    size: int
+    digest: str
+    gzip: bytes | None
+    path: Path | None = None
+    data: bytes | None = None
+
+    @classmethod
+    def of(cls, data: bytes, media_type: str, path: Path | None = None, compress: bool = True) -> Payload:
+        packed = None
+        if compress and len(data) >= 512:
+            packed = gzip.compress(data, GZIP_LEVEL, mtime=0)
+            if len(packed) >= 0.95 * len(data):
+                packed = None  # not worth a Content-Encoding
+        return cls(
+            media_type=media_type,
+            size=len(data),
+            digest=hashlib.sha256(data).hexdigest(),
+            gzip=packed,
+            path=path,
+            data=None if path is not None else data,
+        )
+
+    @property
+    def version(self) -> str:
+        """What a versioned URL carries: 16 hex digits of the content's SHA-256."""
+        return self.digest[:16]
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Memo:
+    """Values computed once per key and stamp (a file's mtime and size); a new stamp recomputes.
+
+    Concurrent askers for the same key wait for one computation instead of each doing it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[Any, tuple[Any, Any]] = {}
+        self._key_locks: dict[Any, threading.Lock] = {}
+
+    def get(self, key: K, stamp: object, compute: Callable[[], V]) -> V:
+        with self._lock:
+            known = self._values.get(key)
+            if known is not None and known[0] == stamp:
+                return known[1]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                known = self._values.get(key)
+            if known is not None and known[0] == stamp:
+                return known[1]
+            value = compute()
+            with self._lock:
+                self._values[key] = (stamp, value)
+            return value
+
+
+_PAYLOADS = Memo()
+"""Per process, shared by every app in it: a file is compressed once however many apps serve it."""
+
+
+def _stamp(path: Path) -> tuple[int, int]:
     stat = path.stat()
-    return '"' + hashlib.sha1(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:20] + '"'
+    return stat.st_mtime_ns, stat.st_size
+
+
+def media_type_of(path: Path | str) -> str:
+    return MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
+
+
+def file_version(path: Path) -> str:
+    """The version a file's URL carries (`Payload.version`), without compressing it."""
+    return _PAYLOADS.get(("version", str(path)), _stamp(path), lambda: _sha256_file(path)[:16])
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_payload(path: Path) -> Payload:
+    """The file's payload, made when the file is first served (and again after it changes)."""
+    suffix = path.suffix.lower()
+    return _PAYLOADS.get(
+        ("file", str(path)),
+        _stamp(path),
+        lambda: Payload.of(
+            path.read_bytes(), media_type_of(path), path=path, compress=suffix in COMPRESSIBLE
+        ),
+    )
+
+
+# -- answering ---------------------------------------------------------------------------------------
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header admits gzip (``gzip;q=0`` refuses it, ``*`` admits it)."""
+    qualities: dict[str, float] = {}
+    for part in (accept_encoding or "").split(","):
+        coding, *parameters = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if coding:
+            qualities[coding.lower()] = quality
+    for coding in ("gzip", "x-gzip", "*"):
+        if coding in qualities:
+            return qualities[coding] > 0
+    return False
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110's weak comparison of If-None-Match (a list, or ``*``) with the representation's ETag."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(candidate.strip().removeprefix("W/") == bare for candidate in if_none_match.split(","))
 
 
 class _FileAnswer(FileResponse):
@@ -118,16 +321,50 @@ class _FileAnswer(FileResponse):
             ) from None
 
 
-def serve_file(request: Request, path: Path) -> Response:
-    """A file with an explicit media type and an ETag, answering 304 when the browser has it."""
-    etag = _etag(path)
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if request.headers.get("if-none-match") == etag:
+def serve_payload(request: Request, payload: Payload, *, immutable: bool = False) -> Response:
+    """The payload gzipped when the browser accepts it, with its ETag (304 when the browser has it)
+    and its caching: ``immutable`` for versioned URLs, revalidated otherwise."""
+    compressed = (
+        payload.gzip is not None
+        and "range" not in request.headers
+        and accepts_gzip(request.headers.get("accept-encoding"))
+    )
+    etag = f'"{payload.digest[:20]}{"-gzip" if compressed else ""}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE if immutable else REVALIDATE}
+    if payload.gzip is not None:
+        headers["Vary"] = "Accept-Encoding"
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    media_type = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return _FileAnswer(path, media_type=media_type, headers=headers)
+    if compressed:
+        headers["Content-Encoding"] = "gzip"
+        headers[UNCOMPRESSED_LENGTH] = str(payload.size)
+        return Response(payload.gzip, media_type=payload.media_type, headers=headers)
+    if payload.path is not None:
+        return _FileAnswer(payload.path, media_type=payload.media_type, headers=headers)
+    return Response(payload.data, media_type=payload.media_type, headers=headers)
 
 
+def serve_file(request: Request, path: Path, *, immutable: bool = False) -> Response:
+    """A file with an explicit media type and an ETag, compressed when that helps and it may be."""
+    return serve_payload(request, file_payload(path), immutable=immutable)
+
+
+def serve_json(request: Request, body: bytes) -> Response:
+    """An API answer that changes rarely (the model list): gzipped, with an ETag for a 304."""
+    return serve_payload(request, Payload.of(body, "application/json"))
+
+
+def check_version(requested: str, payload: Payload, what: str) -> None:
+    if requested != payload.version:
+        raise ApiError(
+            404,
+            f"{what} has changed: this server has version {payload.version}, not {requested[:40]!r}; "
+            "reload the page",
+            "not_found",
+        )
+
+
+# -- pages ---------------------------------------------------------------------------------------------
 def web_file(relative: str) -> Path:
     """A file under latentz/web, refusing anything that resolves outside it (or cannot be a file name)."""
     try:
@@ -141,9 +378,173 @@ def web_file(relative: str) -> Path:
     return path
 
 
+def import_map(web_runtime: WebRuntime) -> str:
+    """The import map the pages load onnxruntime-web by: its versioned URL, cached for good."""
+    imports = {ORT.name: web_runtime.url(ORT.files[0])} if web_runtime.dist is not None else {}
+    return json.dumps({"imports": imports}, separators=(",", ":"))
+
+
+def render_page(path: Path, web_runtime: WebRuntime) -> Payload:
+    """A page with the import map written in first thing in its head (before any module script)."""
+    mapping = import_map(web_runtime)
+
+    def render() -> Payload:
+        html = path.read_text(encoding="utf-8")
+        tag = f'<script type="importmap">{mapping}</script>'
+        html = re.sub(r"(<head[^>]*>)", lambda match: match.group(1) + "\n  " + tag, html, count=1)
+        return Payload.of(html.encode(), MEDIA_TYPES[".html"])
+
+    return _PAYLOADS.get(("page", str(path), mapping), _stamp(path), render)
+
+
 def vendor_file(web_runtime: WebRuntime, name: str) -> Path:
-    if name not in ORT_FILES:
-        raise ApiError(404, f"/vendor/{ORT_PACKAGE}/{name} is not served (only {', '.join(ORT_FILES)})")
+    package = web_runtime.package
+    if name not in package.files:
+        raise ApiError(404, f"/vendor/{package.name}/{name} is not served (only {', '.join(package.files)})")
     if web_runtime.dist is None:
-        raise ApiError(404, web_runtime.error or f"{ORT_PACKAGE} is not installed", "web_runtime_missing")
+        code = "web_runtime_missing" if package is ORT else "not_found"
+        raise ApiError(404, web_runtime.error or f"{package.name} is not installed", code)
     return web_runtime.dist / name
+
+
+def check_vendor_version(web_runtime: WebRuntime, version: str) -> None:
+    if web_runtime.dist is not None and version != web_runtime.version:
+        raise ApiError(
+            404,
+            f"this server has {web_runtime.package.name} {web_runtime.version}, not {version[:40]!r}; "
+            "reload the page",
+            "not_found",
+        )
+
+
+def api_docs_page(swagger_ui: WebRuntime, openapi_url: str, title: str) -> Payload:
+    """Swagger UI from node_modules (no CDN: it works offline and under the security headers)."""
+    if swagger_ui.dist is None:
+        message = (
+            f"<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1>"
+            f"<p>The API documentation viewer could not be loaded: {swagger_ui.error}.</p>"
+            f'<p>The OpenAPI schema it shows is at <a href="{openapi_url}">{openapi_url}</a>.</p>'
+        )
+        return Payload.of(message.encode(), MEDIA_TYPES[".html"])
+    html = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=title,
+        swagger_js_url=swagger_ui.url("swagger-ui-bundle.js"),
+        swagger_css_url=swagger_ui.url("swagger-ui.css"),
+        swagger_favicon_url="/static/favicon.svg",
+        swagger_ui_parameters={"validatorUrl": None},  # the default validator is a web service
+    )
+    return Payload.of(bytes(html.body), MEDIA_TYPES[".html"])
+
+
+# -- each model's networks for the browser ---------------------------------------------------------------
+LEAN_FILES: dict[str, tuple[str, browser_models.Precision]] = {
+    "encoder.int8.onnx": (ENCODER_FILE, "int8"),
+    "decoder.int8.onnx": (DECODER_FILE, "int8"),
+    "decoder.fp16.onnx": (DECODER_FILE, "fp16"),
+}
+"""Lean copies a page may load; the explorer takes int8 (smallest), the receiver fp16 (its pixels
+stay within a grey level of `latentz decode`'s)."""
+SPATIAL_LEAN_FILES = ("decoder.fp16.onnx",)
+"""Photo models are only decoded in the browser (the receiver)."""
+
+
+def file_key(filename: str) -> str:
+    """The key of a file in /api/models' ``files``: encoder, decoder_int8, entropy_model, ..."""
+    return filename.removesuffix(".onnx").removesuffix(".json").replace(".", "_")
+
+
+@dataclass(frozen=True)
+class LeanCopy:
+    """A lean network, or why it is not offered."""
+
+    payload: Payload | None
+    error_grey_levels: float | None
+    reason: str = ""
+
+
+class ModelFiles:
+    """The files each model offers the browser, each with a content version for its URL.
+
+    ``source(info, filename)`` is a bundle's own file (raising the registry's 404/409), called so
+    that what may be served is decided in one place (`latentz.server.registry`).
+    """
+
+    def __init__(self, source: Callable[[str, str], Path]) -> None:
+        self._source = source
+
+    def offered(self, info: BundleInfo) -> tuple[str, ...]:
+        return SPATIAL_LEAN_FILES if info.config.fully_convolutional else tuple(LEAN_FILES)
+
+    def lean(self, info: BundleInfo, filename: str) -> LeanCopy:
+        """The lean copy, made on first use and kept for this version of its bundle's files."""
+        source_name, precision = LEAN_FILES[filename]
+        source = self._source(info.name, source_name)
+        decoder = self._source(info.name, DECODER_FILE)
+        stamp = (_stamp(source), _stamp(decoder), browser_models.CONVERTER_VERSION)
+
+        def make() -> LeanCopy:
+            original = source.read_bytes()
+            try:
+                lean = browser_models.lean_model(original, precision)
+                if source_name == DECODER_FILE:
+                    errors = browser_models.output_error(
+                        original, info.config.latent_shape(), lean_decoder=lean
+                    )
+                else:
+                    errors = browser_models.output_error(
+                        decoder.read_bytes(), info.config.latent_shape(), lean_encoder=lean, encoder=original
+                    )
+            except Exception as error:  # a network this module cannot rewrite or run: serve the original
+                log.warning("no %s copy of %s/%s: %s", precision, info.name, source_name, error)
+                return LeanCopy(None, None, f"it could not be made ({type(error).__name__})")
+            error = max(errors.values())
+            tolerance = browser_models.TOLERANCE_GREY_LEVELS[precision]
+            if error > tolerance:
+                log.info(
+                    "%s/%s: no %s copy, it is %.2f grey levels off", info.name, filename, precision, error
+                )
+                return LeanCopy(
+                    None, error, f"its images differ by {error:.1f} grey levels (> {tolerance:g})"
+                )
+            return LeanCopy(Payload.of(lean, "application/octet-stream"), error)
+
+        return _PAYLOADS.get(("lean", str(source), filename), stamp, make)
+
+    def payload(self, info: BundleInfo, filename: str) -> Payload:
+        """A servable file of the model: its own, or a lean copy it offers (404 otherwise)."""
+        if filename in LEAN_FILES and filename in self.offered(info):
+            copy = self.lean(info, filename)
+            if copy.payload is None:
+                raise ApiError(404, f"{info.name} offers no {filename}: {copy.reason}", "not_found")
+            return copy.payload
+        if filename in LEAN_FILES:
+            message = f"{info.name} offers no {filename}: of a photo model the browser runs only the decoder"
+            raise ApiError(404, message, "not_found")
+        if filename not in SERVED_FILES:
+            shown = filename if len(filename) <= 80 else filename[:80] + "..."
+            offered = ", ".join((*SERVED_FILES, *self.offered(info)))
+            raise ApiError(404, f"{shown!r} is not served; {info.name} offers {offered}", "not_found")
+        return file_payload(self._source(info.name, filename))
+
+    def urls(self, info: BundleInfo, own_files: tuple[str, ...]) -> dict[str, str]:
+        """``files`` of /api/models: a versioned URL of each file, lean copies included where offered."""
+        base = f"/api/models/{info.name}/files"
+        urls = {}
+        for filename in own_files:
+            path = info.file(filename)
+            if path.is_file():
+                urls[file_key(filename)] = f"{base}/{file_version(path)}/{filename}"
+            else:  # not exported yet: the unversioned URL answers with the 409 that says so
+                urls[file_key(filename)] = f"{base}/{filename}"
+        if all(info.file(name).is_file() for name in (ENCODER_FILE, DECODER_FILE)):
+            for filename in self.offered(info):
+                copy = self.lean(info, filename)
+                if copy.payload is not None:
+                    urls[file_key(filename)] = f"{base}/{copy.payload.version}/{filename}"
+        return urls
+
+    def browser_decoder(self, info: BundleInfo) -> str:
+        """The decoder the receiver loads: the float16 copy when offered, else the bundle's own."""
+        urls = self.urls(info, (DECODER_FILE,))
+        return urls.get("decoder_fp16", urls["decoder"])

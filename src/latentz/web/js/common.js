@@ -1,7 +1,17 @@
 // Shared by the three pages: API calls with readable errors, the error banner, load progress,
 // onnxruntime-web sessions (loaded once per URL) and turning network outputs into pixels.
 
-const ORT_DIR = "/vendor/onnxruntime-web/";
+/**
+ * onnxruntime-web's module: the versioned URL (cached for good) of the import map the server writes
+ * into each page, or the unversioned one (revalidated) when a page has none.
+ */
+const ORT_MODULE_URL = (() => {
+  try {
+    return import.meta.resolve("onnxruntime-web");
+  } catch {
+    return new URL("/vendor/onnxruntime-web/ort.wasm.min.mjs", location.href).href;
+  }
+})();
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -112,7 +122,8 @@ export class Progress {
 export class Download {
   constructor(url) {
     this.url = url;
-    this.size = null; // Content-Length of the body as it arrives; null when the server did not say
+    this.size = null; // bytes over the wire (Content-Length); null when the server did not say
+    this.decodedSize = null; // bytes the body stream yields: more than `size` when it came compressed
     this.received = 0;
     this.finished = false;
     this.listeners = new Set();
@@ -145,10 +156,13 @@ export class Download {
       throw new ApiError(`Could not download ${this.url}: ${message}`, { status: response.status });
     }
     // A compressed response's Content-Length counts compressed bytes, but the stream yields
-    // decompressed ones: then the length is only a lower bound, and progress is capped below 1.
+    // decompressed ones: the server says how many in X-Uncompressed-Length. Without it the
+    // fraction is unknown (an indeterminate bar) rather than wrong.
     const length = Number(response.headers.get("content-length"));
     this.size = length > 0 ? length : null;
     this.compressed = Boolean(response.headers.get("content-encoding"));
+    const decoded = Number(response.headers.get("x-uncompressed-length"));
+    this.decodedSize = this.compressed ? (decoded > 0 ? decoded : null) : this.size;
     this.#markHeaders();
     this.#notify();
     const chunks = [];
@@ -179,8 +193,8 @@ export class Download {
   /** How much of this file is in, 0..1, or null while its size is unknown. */
   fraction() {
     if (this.finished) return 1;
-    if (!this.size) return null;
-    return Math.min(this.received / this.size, 0.99);
+    if (!this.size || !this.decodedSize) return null;
+    return Math.min(this.received / this.decodedSize, 0.99);
   }
 
   /** The bytes, once; the Download forgets them so big files are not kept twice. */
@@ -215,15 +229,17 @@ export function download(url) {
 
 /**
  * Watch several downloads as one: `onUpdate({fraction, done, total})` gets figures only once every
- * file's size is known (so the total never grows), and the fraction never goes down. Before that,
- * or for good when a response came without a Content-Length, `fraction` and `total` are null (an
- * indeterminate bar; `done` counts the bytes so far). Returns a function that stops watching.
+ * file's size is known (so the total never grows), and the fraction never goes down. Figures count
+ * bytes over the wire (compressed, as they are transferred). Before that, or for good when a
+ * response came without a Content-Length (or compressed without X-Uncompressed-Length),
+ * `fraction` and `total` are null (an indeterminate bar; `done` counts the decoded bytes so far).
+ * Returns a function that stops watching.
  */
 export function watchDownloads(list, onUpdate) {
   let sizesKnown = false;
   let shown = 0;
   const report = () => {
-    if (!sizesKnown || list.some((each) => each.size === null && !each.finished)) {
+    if (!sizesKnown || list.some((each) => each.fraction() === null)) {
       onUpdate({ fraction: null, done: list.reduce((sum, each) => sum + each.received, 0), total: null });
       return;
     }
@@ -248,7 +264,7 @@ export function megabytes(done, total) {
 }
 
 // -- onnxruntime-web --------------------------------------------------------------------------
-export const ORT_WASM_URL = `${ORT_DIR}ort-wasm-simd-threaded.wasm`;
+export const ORT_WASM_URL = new URL("ort-wasm-simd-threaded.wasm", ORT_MODULE_URL).href;
 let ortPromise = null;
 const sessions = new Map();
 
@@ -277,7 +293,7 @@ export function loadOrt(threads = 1) {
       const wasm = download(ORT_WASM_URL);
       let ort;
       try {
-        ort = await import(`${ORT_DIR}ort.wasm.min.mjs`);
+        ort = await import(ORT_MODULE_URL);
       } catch (error) {
         let detail = error.message;
         try {

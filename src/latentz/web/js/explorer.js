@@ -418,7 +418,7 @@ function meanLatent(model) {
 /** Show download progress for `model`: sizes known before the first figure, never going back. */
 function showLoading(model, token) {
   const overlay = $("#output-overlay");
-  const pending = pendingDownloads([model.files.encoder, model.files.decoder]);
+  const pending = pendingDownloads(networkUrls(model));
   if (!pending.length) {
     progress.update(null, `Loading ${model.name}…`);
     return () => {};
@@ -434,6 +434,14 @@ function showLoading(model, token) {
     progress.update(fraction, `Loading ${model.name}: ${megabytes(done, total)}`);
     overlay.textContent = `Loading… ${Math.floor(100 * fraction + 1e-9)}%`;
   });
+}
+
+/**
+ * The encoder and decoder the explorer runs: the server's int8 copies (a quarter of the bytes, the
+ * same images to a few grey levels) when it offers them, else the bundle's own float32 files.
+ */
+function networkUrls(model) {
+  return [model.files.encoder_int8 ?? model.files.encoder, model.files.decoder_int8 ?? model.files.decoder];
 }
 
 async function loadModel(name, link = null) {
@@ -470,8 +478,8 @@ async function loadModel(name, link = null) {
   try {
     const ort = await loadOrt(requestedThreads(1));
     [encoder, decoder] = await Promise.all([
-      loadSession(ort, model.files.encoder),
-      loadSession(ort, model.files.decoder),
+      loadSession(ort, networkUrls(model)[0]),
+      loadSession(ort, networkUrls(model)[1]),
     ]);
     state.ort = ort;
   } finally {
