@@ -179,8 +179,8 @@ def encode_with(image: np.ndarray, fmt: str, quality: int) -> bytes:
     JPEG uses 4:2:0 chroma subsampling (the common default, so baselines are realistic) and
     optimised Huffman tables so it is not handicapped by a few wasted bytes. WebP uses method 6
     (its slowest, smallest files). AVIF uses libavif's AOM encoder at speed `AVIF_SPEED`, 4:2:0
-    chroma (4:0:0 for grey), full range and one thread, so a file is the same on every machine
-    however many cores it has.
+    chroma (4:0:0 for grey), full range and one thread, so its files do not depend on how many
+    cores the machine has.
     """
     fmt = fmt.lower()
     if fmt == "jpg":
