@@ -50,7 +50,10 @@ def register(app: typer.Typer) -> None:
     def rd_command(
         model: str = typer.Argument(..., help="Bundle name or folder."),
         data: str = typer.Option(
-            None, "--data", help="Images to measure on (data spec); default: the model's own data."
+            None,
+            "--data",
+            help="Images to measure on (data spec); default: the model's own data as its card names it "
+            "(a relative path is also looked for from the folder the model was trained in).",
         ),
         split: str = typer.Option("val", "--split", help="train, val, test or all (default: held-out val)."),
         limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
@@ -143,16 +146,21 @@ def register(app: typer.Typer) -> None:
             name: list(zip(entry["results"]["bytes"], entry["results"]["psnr"], strict=True))
             for name, entry in result["codecs"].items()
         }
-        which = "held-out" if split in ("val", "test") else split
-        plot_rd(
-            curves,
-            folder / "rd.png",
-            title=f"{runtime.name} on {result['n_images']} {which} images ({result['image']})",
-        )
+        plot_rd(curves, folder / "rd.png", title=plot_title(result))
         if as_json:
             typer.echo(json.dumps(result))
             return
         _print(result, folder)
+
+
+def plot_title(result: dict) -> str:
+    """rd.png's title: short enough for the figure, so own sizes give only their mean."""
+    which = "held-out" if result["split"] in ("val", "test") else result["split"]
+    size = result["image"]
+    if result.get("own_size"):
+        mean = re.search(r"mean (\d+x\d+)", size)
+        size = f"own sizes, mean {mean.group(1)}" if mean else "own sizes"
+    return f"{result['model']} on {result['n_images']} {which} images ({size})"
 
 
 def _print(result: dict, folder: Path) -> None:
