@@ -139,3 +139,19 @@ def test_a_cards_missing_data_says_it_came_from_the_card_and_that_data_exists(
     message = done.stderr
     assert message.startswith("error: ../gone/digits.gz: no such file or folder")
     assert "comes from the card of digits" in message and "--data SPEC" in message
+
+
+def test_without_avif_rd_says_so_and_measures_the_rest(
+    codec_bundles, mnist_path, tmp_path, monkeypatch
+) -> None:
+    """A Pillow built without libavif: encode_with refuses AVIF by name, rd leaves it out and says why."""
+    monkeypatch.setattr(imaging, "avif_available", lambda: False)
+    with pytest.raises(imaging.ImageError, match="cannot write AVIF"):
+        imaging.encode_with(np.zeros((8, 8, 3), dtype=np.uint8), "avif", 50)
+    args = ["rd", str(codec_bundles[0]), "--data", f"idx:{mnist_path}", "--limit", "4", "--qualities", "50"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "avif: not measured (this Pillow cannot write AVIF" in " ".join(result.stdout.split())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["codecs"]) == {"latentz", "webp", "jpeg"} and "avif" in summary["not_measured"]
+    assert not (tmp_path / "avif.json").exists()

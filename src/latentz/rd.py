@@ -310,7 +310,7 @@ def classic_codecs() -> tuple[tuple[str, ...], dict[str, str]]:
     """The classic codecs this Pillow can write, and why any other is left out."""
     if imaging.avif_available():
         return CLASSIC_CODECS, {}
-    missing = {"avif": "this Pillow was built without libavif (PIL.features.check('avif') is False)"}
+    missing = {"avif": "this Pillow cannot write AVIF with the AOM encoder (built without libavif or AOM)"}
     return tuple(fmt for fmt in CLASSIC_CODECS if fmt not in missing), missing
 
 
