@@ -89,6 +89,13 @@ BENCHMARKS = [
         what="training data path memory at 1k/10k/50k photos (folder_memory.json)",
     ),
     Benchmark(
+        "codec-speed",
+        "bench_codec_speed.py",
+        quick=["--quick", "--out", f"{QUICK_RESULTS}/codec_speed.json"],
+        needs=str(REPO.parent / "shared" / "data" / "red-cars"),
+        what="encode/decode ms per image, one core: red-cars-64/128 vs WebP and AVIF (codec_speed.json)",
+    ),
+    Benchmark(
         "train-vs-examples",
         "train_vs_examples.py",
         needs=str(REPO.parent / "shared" / "data" / "mnist" / "mnist9k-images-idx3-ubyte.gz"),

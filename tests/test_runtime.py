@@ -233,7 +233,7 @@ def test_rd_writes_compressai_json_a_plot_and_bd_rates(codec_bundles, mnist_path
     )
     assert code == 0, stderr
     summary = json.loads(stdout)
-    assert summary["n_images"] == 30 and set(summary["codecs"]) == {"latentz", "webp", "jpeg"}
+    assert summary["n_images"] == 30 and set(summary["codecs"]) == {"latentz", "webp", "avif", "jpeg"}
     latentz = json.loads((out / "latentz.json").read_text())
     assert latentz["name"] == "latentz" and latentz["results"]["quality"] == [0, 50, 100]
     assert {"bytes", "bpp", "psnr", "ssim"} <= set(latentz["results"])
@@ -244,7 +244,7 @@ def test_rd_writes_compressai_json_a_plot_and_bd_rates(codec_bundles, mnist_path
     assert latentz["results"]["bytes"][1] == pytest.approx(np.mean([len(f) for f in files]))
     assert latentz["results"]["psnr"][2] >= latentz["results"]["psnr"][0]
     assert (out / "rd.png").stat().st_size > 10_000
-    assert set(summary["bd_rate_vs"]) == {"webp", "jpeg"}
+    assert set(summary["bd_rate_vs"]) == {"webp", "avif", "jpeg"}
 
 
 def test_folder_workers_write_exactly_what_one_process_writes(codec_bundles, digit_files, tmp_path) -> None:

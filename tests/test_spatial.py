@@ -172,3 +172,48 @@ def test_rd_measures_a_spatial_model_at_its_training_size_unless_told(
     result = CliRunner().invoke(app, [*args, "--qualities", "50", "-o", str(tmp_path), "--json", *extra])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["image"] == f"{side}x{side}x3"
+
+
+def test_rd_own_size_codes_each_photo_whole_for_every_codec(
+    spatial_bundle: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    """--own-size: the same photos at their own sizes for latentz, WebP, AVIF and JPEG, scored whole."""
+    import json
+
+    from PIL import features
+    from typer.testing import CliRunner
+
+    from latentz import imaging, metrics, rd, runtime
+    from latentz.cli import app
+    from latentz.data import list_image_files
+
+    args = ["rd", str(spatial_bundle), "--data", f"folder:{photo_dir}", "--split", "all", "--own-size"]
+    result = CliRunner().invoke(app, [*args, "--qualities", "0,50", "-o", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    photos = []
+    for path in list_image_files(photo_dir):
+        try:
+            photos.append(imaging.load_array(path, None, 3))
+        except imaging.ImageError:
+            continue  # the corrupt file, skipped by the loader too
+    assert summary["n_images"] == len(photos) and summary["own_size"] is True
+    assert summary["image"].startswith("own sizes 30-120 x 20-90")
+    model = runtime.load(spatial_bundle)
+    files = [model.compress(photo, quality=50) for photo in photos]
+    ours = summary["codecs"]["latentz"]["results"]
+    assert ours["bytes"][1] == pytest.approx(np.mean([len(f) for f in files]))
+    bpp = np.mean([len(f) * 8 / (p.shape[0] * p.shape[1]) for f, p in zip(files, photos, strict=True)])
+    assert ours["bpp"][1] == pytest.approx(bpp)
+    decoded = [model.decompress(f) for f in files]
+    assert [d.shape for d in decoded] == [p.shape for p in photos]
+    expected_psnr = np.mean([metrics.psnr(p, d) for p, d in zip(photos, decoded, strict=True)])
+    assert ours["psnr"][1] == pytest.approx(expected_psnr)
+    codecs = ("webp", "avif", "jpeg") if features.check("avif") else ("webp", "jpeg")
+    for fmt in codecs:
+        theirs = summary["codecs"][fmt]["results"]
+        index = theirs["quality"].index(50)
+        sizes = [len(imaging.encode_with(photo, fmt, 50)) for photo in photos]
+        assert theirs["bytes"][index] == pytest.approx(np.mean(sizes)), fmt
+        bd = rd.bd_rate(theirs["bytes"], theirs["psnr"], ours["bytes"], ours["psnr"])
+        assert summary["bd_rate_vs"][fmt]["bd_rate_percent"] == bd

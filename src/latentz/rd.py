@@ -1,9 +1,11 @@
-"""Rate-distortion of the latentz codec against JPEG and WebP on the same images, and BD-rate.
+"""Rate-distortion of the latentz codec against JPEG, WebP and AVIF on the same images, and BD-rate.
 
 Rates are real file sizes: every latentz point is the mean length of complete .latentz files
-(header and checksum included), every JPEG/WebP point the mean length of the files Pillow writes.
-Distortion is measured on the image the codec was given (for a fixed-size model, the
-centre-cropped and resized image it sees, which is also what JPEG and WebP get).
+(header and checksum included), every JPEG/WebP/AVIF point the mean length of the files Pillow
+writes. Distortion is measured on the image the codec was given, the same pixels for every codec:
+at a square size, the centre-cropped and resized image the model sees; at the photos' own size
+(a fully convolutional model, `compare` given a list), each photo whole, which the spatial model
+pads to whole latent cells internally and crops back, so PSNR is always on the same pixels.
 
 Results follow CompressAI's layout, one object per codec::
 
@@ -15,20 +17,35 @@ Torch-free: it runs the bundle through `latentz.runtime`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latentz import codec, imaging, metrics
+from latentz import codec, data, imaging, metrics
+from latentz.bundle import BundleInfo
 from latentz.runtime import ModelRuntime
 
 LATENTZ_QUALITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 CLASSIC_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
-CLASSIC_CODECS = ("webp", "jpeg")
+CLASSIC_CODECS = ("webp", "avif", "jpeg")
 DECODE_BATCH = 64
+PSNR_CEILING_DB = 60.0
+"""Each image's PSNR is capped here before averaging: one image coded exactly (AVIF does that to
+some digits even at quality 0) would otherwise make the mean infinite. libvmaf caps 8-bit PSNR at
+the same 60 dB (6 * bit depth + 12)."""
+CODEC_DESCRIPTIONS = {
+    "webp": "WebP (Pillow, method 6)",
+    "avif": f"AVIF (Pillow's libavif, AOM encoder, speed {imaging.AVIF_SPEED}, 4:2:0, one thread)",
+    "jpeg": "JPEG (Pillow, 4:2:0, optimised Huffman)",
+}
+
+Images = np.ndarray | Sequence[np.ndarray]
+"""uint8 ``(N, H, W, C)`` images of one size, or a sequence of ``(H, W, C)`` images of any sizes."""
 
 
 @dataclass(frozen=True)
@@ -43,69 +60,181 @@ class RDPoint:
     ms_ssim: float | None
 
 
-def _quality_metrics(originals: np.ndarray, decoded: np.ndarray) -> tuple[float, float | None, float | None]:
-    """Mean per-image PSNR; SSIM and MS-SSIM where the images are large enough for them."""
-    side = min(originals.shape[1:3])
-    ssim = metrics.ssim(originals, decoded) if side >= metrics.SSIM_WINDOW else None
-    ms_ssim = metrics.ms_ssim(originals, decoded) if side >= metrics.ms_ssim_min_size() else None
-    return metrics.psnr(originals, decoded), ssim, ms_ssim
+def _training_folders(info: BundleInfo) -> list[Path]:
+    """Folders a card's relative data path may be relative to, most likely first: the folder
+    `latentz train` ran in (the bundle's path less the ``-o`` it was given, when that matches), then
+    each folder above the bundle (the checkout it ships in)."""
+    bundle = info.path.resolve()
+    folders: list[Path] = []
+    command = [str(part) for part in info.card.get("command") or []]
+    for flag, value in itertools.pairwise(command):
+        out = Path(value)
+        parts = out.parts
+        relative = not out.is_absolute() and 0 < len(parts) < len(bundle.parts)
+        if flag in ("-o", "--out") and relative and bundle.parts[-len(parts) :] == parts:
+            folders.append(bundle.parents[len(parts) - 1])
+    return folders + [folder for folder in bundle.parents if folder not in folders]
 
 
-def _point(quality: int, sizes: Sequence[int], originals: np.ndarray, decoded: np.ndarray) -> RDPoint:
-    pixels = originals.shape[1] * originals.shape[2]
-    mean_bytes = float(np.mean(sizes))
+def card_data_spec(info: BundleInfo) -> tuple[str, str]:
+    """The model's own data spec from its card, usable from any folder, and a note saying where it
+    was found.
+
+    Cards record the spec as given to `latentz train`, so a relative path is relative to the folder
+    training ran in: tried from the current folder first, then from the folders above the bundle.
+    """
+    spec = str(info.card.get("data") or "")
+    if not spec:
+        raise data.DatasetError(f"{info.name}'s card names no data set; pass --data SPEC")
+    if spec in data.NAMED_DATASETS:
+        return spec, f"{spec} (from {info.name}'s card)"
+    prefix, argument = "", spec
+    for kind in ("idx", "folder"):
+        if spec.startswith(kind + ":"):
+            prefix, argument = kind + ":", spec[len(kind) + 1 :]
+    path = Path(argument).expanduser()
+    if path.exists():
+        return spec, f"{spec} (from {info.name}'s card)"
+    if not path.is_absolute():
+        for folder in _training_folders(info):
+            if (folder / path).exists():
+                found = (folder / path).resolve()
+                return f"{prefix}{found}", f"{spec} (from {info.name}'s card), found at {found}"
+    raise data.DatasetError(
+        f"{argument}: no such file or folder. The path comes from the card of {info.name} (its "
+        f"training data, relative to the folder it was trained in) and is neither here nor beside the "
+        f"bundle ({info.path}); pass --data SPEC to measure on other images (idx:FILE, folder:DIR, ...)"
+    )
+
+
+def same_shape_groups(images: Images) -> list[np.ndarray]:
+    """The images as ``(n, H, W, C)`` batches of one shape each, so networks and metrics run on
+    whole batches whether the set is one size (a 4-D array, one group) or each photo its own size."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return [images] if len(images) else []
+    by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for image in images:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise imaging.ImageError(f"expected uint8 (H, W, C) images, got {image.dtype} {image.shape}")
+        by_shape.setdefault(image.shape, []).append(image)
+    return [np.stack(group) for group in by_shape.values()]
+
+
+def _quality_metrics(
+    originals: Sequence[np.ndarray], decoded: Sequence[np.ndarray]
+) -> tuple[float, float | None, float | None]:
+    """Mean per-image PSNR (each capped at `PSNR_CEILING_DB`); SSIM and MS-SSIM where every image
+    is large enough for them."""
+    count = sum(len(group) for group in originals)
+    per_image = np.concatenate(
+        [metrics.psnr_per_image(a, b) for a, b in zip(originals, decoded, strict=True)]
+    )
+    psnr = float(np.mean(np.minimum(per_image, PSNR_CEILING_DB)))
+    side = min(min(group.shape[1:3]) for group in originals)
+
+    def mean_of(metric: Callable[[np.ndarray, np.ndarray], float]) -> float:
+        return sum(metric(a, b) * len(a) for a, b in zip(originals, decoded, strict=True)) / count
+
+    ssim = mean_of(metrics.ssim) if side >= metrics.SSIM_WINDOW else None
+    ms_ssim = mean_of(metrics.ms_ssim) if side >= metrics.ms_ssim_min_size() else None
+    return psnr, ssim, ms_ssim
+
+
+def _point(
+    quality: int,
+    sizes: Sequence[Sequence[int]],
+    originals: Sequence[np.ndarray],
+    decoded: Sequence[np.ndarray],
+) -> RDPoint:
+    """Mean bytes per image and mean bits per pixel of each image (equal when all are one size)."""
+    all_sizes = np.concatenate([np.asarray(group_sizes, dtype=np.float64) for group_sizes in sizes])
+    bpp = np.concatenate(
+        [
+            np.asarray(group_sizes) * 8 / (group.shape[1] * group.shape[2])
+            for group_sizes, group in zip(sizes, originals, strict=True)
+        ]
+    )
     psnr, ssim, ms_ssim = _quality_metrics(originals, decoded)
-    return RDPoint(quality, mean_bytes, mean_bytes * 8 / pixels, psnr, ssim, ms_ssim)
+    return RDPoint(quality, float(np.mean(all_sizes)), float(np.mean(bpp)), psnr, ssim, ms_ssim)
 
 
 def measure_latentz(
-    runtime: ModelRuntime, images: np.ndarray, qualities: Sequence[int] = LATENTZ_QUALITIES
+    runtime: ModelRuntime, images: Images, qualities: Sequence[int] = LATENTZ_QUALITIES
 ) -> list[RDPoint]:
     """Each image is encoded once; its posterior mean is then coded at every quality.
 
-    ``images`` are uint8 ``(N, H, W, C)`` at a size the model takes (all the same size).
+    ``images`` are at a size the model takes: one size as ``(N, H, W, C)``, or for a fully
+    convolutional model a list of photos each at its own size.
     """
-    means = np.concatenate(
-        [runtime.encode(images[i : i + DECODE_BATCH])[0] for i in range(0, len(images), DECODE_BATCH)]
-    )
-    height, width, channels = images.shape[1:]
+    groups = same_shape_groups(images)
+    means = [
+        np.concatenate(
+            [runtime.encode(group[i : i + DECODE_BATCH])[0] for i in range(0, len(group), DECODE_BATCH)]
+        )
+        for group in groups
+    ]
     points = []
     for quality in qualities:
         step = codec.step_for_quality(quality)
-        files = [
-            codec.encode_latent(
-                mean,
-                entropy=runtime.entropy,
-                step=step,
-                fingerprint=runtime.fingerprint,
-                height=height,
-                width=width,
-                channels=channels,
-            )
-            for mean in means
-        ]
-        latents = np.stack([runtime.read(data)[1] for data in files])
-        decoded = np.concatenate(
-            [
-                runtime.decode(latents[i : i + DECODE_BATCH], height, width)
-                for i in range(0, len(latents), DECODE_BATCH)
+        sizes: list[list[int]] = []
+        decoded: list[np.ndarray] = []
+        for group, group_means in zip(groups, means, strict=True):
+            height, width, channels = group.shape[1:]
+            files = [
+                codec.encode_latent(
+                    mean,
+                    entropy=runtime.entropy,
+                    step=step,
+                    fingerprint=runtime.fingerprint,
+                    height=height,
+                    width=width,
+                    channels=channels,
+                )
+                for mean in group_means
             ]
-        )
-        points.append(_point(quality, [len(f) for f in files], images, decoded))
+            latents = np.stack([runtime.read(data)[1] for data in files])
+            decoded.append(
+                np.concatenate(
+                    [
+                        runtime.decode(latents[i : i + DECODE_BATCH], height, width)
+                        for i in range(0, len(latents), DECODE_BATCH)
+                    ]
+                )
+            )
+            sizes.append([len(f) for f in files])
+        points.append(_point(quality, sizes, groups, decoded))
     return points
 
 
-def measure_classic(
-    images: np.ndarray, fmt: str, qualities: Sequence[int] = CLASSIC_QUALITIES
-) -> list[RDPoint]:
-    """JPEG or WebP through Pillow at each quality; decoded back to the same channel count."""
-    channels = images.shape[3]
+def measure_classic(images: Images, fmt: str, qualities: Sequence[int] = CLASSIC_QUALITIES) -> list[RDPoint]:
+    """JPEG, WebP or AVIF through Pillow at each quality; decoded back to the same channel count."""
+    groups = same_shape_groups(images)
     points = []
     for quality in qualities:
-        files = [imaging.encode_with(image, fmt, quality) for image in images]
-        decoded = np.stack([imaging.load_array(data, None, channels) for data in files])
-        points.append(_point(quality, [len(f) for f in files], images, decoded))
+        sizes: list[list[int]] = []
+        decoded: list[np.ndarray] = []
+        for group in groups:
+            files = [imaging.encode_with(image, fmt, quality) for image in group]
+            decoded.append(np.stack([imaging.decode_baseline(data, group.shape[3]) for data in files]))
+            sizes.append([len(f) for f in files])
+        points.append(_point(quality, sizes, groups, decoded))
     return points
+
+
+def describe_sizes(images: Images) -> str:
+    """``WxHxC`` for one size; the range and mean for photos at their own sizes."""
+    groups = same_shape_groups(images)
+    channels = groups[0].shape[3]
+    if len(groups) == 1:
+        height, width = groups[0].shape[1:3]
+        return f"{width}x{height}x{channels}"
+    shapes = np.array([group.shape[1:3] for group in groups for _ in range(len(group))])
+    heights, widths = shapes[:, 0], shapes[:, 1]
+    return (
+        f"own sizes {widths.min()}-{widths.max()} x {heights.min()}-{heights.max()} "
+        f"(mean {widths.mean():.0f}x{heights.mean():.0f}) x{channels}"
+    )
 
 
 def to_compressai(name: str, description: str, points: Sequence[RDPoint]) -> dict[str, Any]:
@@ -177,24 +306,36 @@ def overlap(a: Sequence[RDPoint], b: Sequence[RDPoint]) -> tuple[float, float] |
     return (low, high) if high > low else None
 
 
+def classic_codecs() -> tuple[tuple[str, ...], dict[str, str]]:
+    """The classic codecs this Pillow can write, and why any other is left out."""
+    if imaging.avif_available():
+        return CLASSIC_CODECS, {}
+    missing = {"avif": "this Pillow cannot write AVIF with the AOM encoder (built without libavif or AOM)"}
+    return tuple(fmt for fmt in CLASSIC_CODECS if fmt not in missing), missing
+
+
 def compare(
     runtime: ModelRuntime,
-    images: np.ndarray,
+    images: Images,
     *,
     qualities: Sequence[int] = LATENTZ_QUALITIES,
     classic_qualities: Sequence[int] = CLASSIC_QUALITIES,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole comparison on one set of images: every codec's curve and BD-rates vs each classic."""
+    """The whole comparison on one set of images: every codec's curve and BD-rates vs each classic.
+
+    ``images`` as in `measure_latentz`: every codec codes exactly these pixels.
+    """
     say = progress or (lambda _message: None)
     say(f"latentz {runtime.name}")
     curves = {"latentz": measure_latentz(runtime, images, qualities)}
-    for fmt in CLASSIC_CODECS:
+    classics, unavailable = classic_codecs()
+    for fmt in classics:
         say(fmt)
         curves[fmt] = measure_classic(images, fmt, classic_qualities)
     ours = curves["latentz"]
     summary: dict[str, Any] = {}
-    for fmt in CLASSIC_CODECS:
+    for fmt in classics:
         theirs = curves[fmt]
         span = overlap(ours, theirs)
         summary[fmt] = {
@@ -205,24 +346,26 @@ def compare(
                 [p.psnr for p in ours],
             ),
             "psnr_overlap_db": list(span) if span else None,
+            "best_psnr_db": max(p.psnr for p in theirs),
         }
-    height, width, channels = images.shape[1:]
+    groups = same_shape_groups(images)
     descriptions = {
         "latentz": f"latentz {runtime.name}: quantised posterior mean, range-coded; whole .latentz files",
-        "webp": "WebP (Pillow, method 6)",
-        "jpeg": "JPEG (Pillow, 4:2:0, optimised Huffman)",
+        **CODEC_DESCRIPTIONS,
     }
     return {
         "model": runtime.name,
         "fingerprint": runtime.fingerprint,
-        "n_images": len(images),
-        "image": f"{width}x{height}x{channels}",
+        "n_images": sum(len(group) for group in groups),
+        "image": describe_sizes(images),
         "codecs": {name: to_compressai(name, descriptions[name], points) for name, points in curves.items()},
         "bd_rate_vs": summary,
+        "not_measured": unavailable,
         "best_latentz": max((p.psnr for p in ours), default=None),
         "note": (
-            "rates are whole files in bytes (bpp = 8 * bytes / pixels); PSNR is the mean of per-image "
-            "PSNRs; BD-rate is latentz's rate change against each classic codec at equal PSNR over "
-            "the PSNR range both reach (negative = latentz smaller)"
+            "rates are whole files, in mean bytes per image (bpp: the mean of each image's 8 * bytes / "
+            "pixels); PSNR is the mean of per-image PSNRs (each capped at 60 dB) on the pixels every "
+            "codec was given; BD-rate is latentz's rate change against each classic codec at equal PSNR "
+            "over the PSNR range both reach (negative = latentz smaller)"
         ),
     }

@@ -1,13 +1,20 @@
-"""`latentz rd`: rate-distortion curves of a bundle's codec against JPEG and WebP, with BD-rates."""
+"""`latentz rd`: rate-distortion curves of a bundle's codec against JPEG, WebP and AVIF, with BD-rates."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from latentz.commands import user_errors
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from latentz.data import ImageSet
 
 
 def _parse_qualities(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -22,12 +29,31 @@ def _parse_qualities(text: str | None, default: tuple[int, ...]) -> tuple[int, .
     return values
 
 
+def _own_size_images(
+    images: ImageSet, split: str, channels: int, limit: int | None, val_fraction: float
+) -> list[np.ndarray]:
+    """The same images as ``images`` (the same split, the same files), each at its own size: photos
+    read again whole, IDX images at their native size."""
+    from latentz import imaging
+    from latentz.data import load_dataset
+
+    if images.files:
+        return [imaging.load_array(path, None, channels) for path in images.files]
+    native = load_dataset(
+        images.spec, split=split, image_size=None, channels=channels, val_fraction=val_fraction, limit=limit
+    )
+    return list(native.images)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("rd")
     def rd_command(
         model: str = typer.Argument(..., help="Bundle name or folder."),
         data: str = typer.Option(
-            None, "--data", help="Images to measure on (data spec); default: the model's own data."
+            None,
+            "--data",
+            help="Images to measure on (data spec); default: the model's own data as its card names it "
+            "(a relative path is also looked for from the folder the model was trained in).",
         ),
         split: str = typer.Option("val", "--split", help="train, val, test or all (default: held-out val)."),
         limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
@@ -38,13 +64,22 @@ def register(app: typer.Typer) -> None:
             help="Square side the images are cropped and resized to (default: the model's training "
             "size; a spatial model can be measured at any size).",
         ),
+        own_size: bool = typer.Option(
+            False,
+            "--own-size",
+            help="Code each photo whole at its own size, not cropped to a square (fully convolutional "
+            "models only); every codec gets the same photos.",
+        ),
         out: Path = typer.Option(
-            None, "--out", "-o", help="Folder for the JSON files and rd.png (default: rd-MODEL)."
+            None,
+            "--out",
+            "-o",
+            help="Folder for the JSON files and rd.png (default: rd-MODEL, or rd-MODEL-own-size).",
         ),
         qualities: str = typer.Option(None, "--qualities", help="latentz qualities, e.g. 0,25,50,75,100."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     ) -> None:
-        """Measure bytes per image against PSNR/SSIM for latentz, JPEG and WebP on the same images.
+        """Measure bytes per image against PSNR/SSIM for latentz, JPEG, WebP and AVIF on the same images.
 
         Writes one CompressAI-layout JSON per codec, summary.json and rd.png, and prints the
         BD-rate of latentz against each classic codec over the PSNR range both reach.
@@ -56,33 +91,54 @@ def register(app: typer.Typer) -> None:
         from latentz.plots import plot_rd
 
         latentz_qualities = _parse_qualities(qualities, rd.LATENTZ_QUALITIES)
+        if own_size and image_size is not None:
+            raise typer.BadParameter("give --own-size or --image-size, not both")
         try:
             runtime = rt.load(model)
-            spec = data or runtime.info.card.get("data")
-            if not spec:
-                raise ValueError("the model's card names no data set; pass --data")
             config = runtime.config
+            if own_size and not config.fully_convolutional:
+                raise ValueError(
+                    f"{runtime.name} codes only {config.image_size}x{config.image_size} images (a fixed-size "
+                    "model); --own-size needs a fully convolutional (spatial) model"
+                )
+            if data:
+                spec, origin = data, data
+            else:
+                spec, origin = rd.card_data_spec(runtime.info)
+            val_fraction = training_val_fraction(runtime.info.path)
             images = load_dataset(
                 spec,
                 split=split,
                 image_size=image_size or config.image_size,
                 channels=config.channels,
-                val_fraction=training_val_fraction(runtime.info.path),
+                val_fraction=val_fraction,
                 limit=limit,
             )
             if len(images) == 0:
                 raise ValueError(f"the {split} split of {spec} holds no images")
+            measured = (
+                _own_size_images(images, split, config.channels, limit, val_fraction)
+                if own_size
+                else images.images
+            )
+            typer.echo(f"data: {origin}", err=True)
             result = rd.compare(
                 runtime,
-                images.images,
+                measured,
                 qualities=latentz_qualities,
                 progress=lambda name: typer.echo(f"measuring {name} on {len(images)} images ...", err=True),
             )
         except user_errors() as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
-        result.update({"data": spec, "split": split, "split_note": images.source_note})
-        folder = out or Path(f"rd-{runtime.name}")
+        split_note = images.source_note
+        if own_size:
+            split_note = re.sub(r"; resized to \d+x\d+ keeping aspect, centre-cropped$", "", split_note) + (
+                "; each image coded whole at its own size (latentz pads to whole latent cells and crops "
+                "back; every codec codes, and is scored on, the same pixels)"
+            )
+        result.update({"data": spec, "split": split, "split_note": split_note, "own_size": own_size})
+        folder = out or Path(f"rd-{runtime.name}" + ("-own-size" if own_size else ""))
         for name, entry in result["codecs"].items():
             atomic_write_json(folder / f"{name}.json", entry)
         atomic_write_json(folder / "summary.json", result)
@@ -90,15 +146,21 @@ def register(app: typer.Typer) -> None:
             name: list(zip(entry["results"]["bytes"], entry["results"]["psnr"], strict=True))
             for name, entry in result["codecs"].items()
         }
-        plot_rd(
-            curves,
-            folder / "rd.png",
-            title=f"{runtime.name} on {result['n_images']} held-out images ({result['image']})",
-        )
+        plot_rd(curves, folder / "rd.png", title=plot_title(result))
         if as_json:
             typer.echo(json.dumps(result))
             return
         _print(result, folder)
+
+
+def plot_title(result: dict) -> str:
+    """rd.png's title: short enough for the figure, so own sizes give only their mean."""
+    which = "held-out" if result["split"] in ("val", "test") else result["split"]
+    size = result["image"]
+    if result.get("own_size"):
+        mean = re.search(r"mean (\d+x\d+)", size)
+        size = f"own sizes, mean {mean.group(1)}" if mean else "own sizes"
+    return f"{result['model']} on {result['n_images']} {which} images ({size})"
 
 
 def _print(result: dict, folder: Path) -> None:
@@ -135,4 +197,7 @@ def _print(result: dict, folder: Path) -> None:
             console.print(
                 f"BD-rate vs {fmt}: {bd:+.1f}% over {low:.1f}-{high:.1f} dB (negative = latentz smaller)"
             )
-    console.print(f"wrote {folder}/ (latentz.json, webp.json, jpeg.json, summary.json, rd.png)")
+    for fmt, why in result.get("not_measured", {}).items():
+        console.print(f"{fmt}: not measured ({why})")
+    written = ", ".join(f"{name}.json" for name in result["codecs"])
+    console.print(f"wrote {folder}/ ({written}, summary.json, rd.png)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import logging
 import math
@@ -159,7 +158,7 @@ def _prepare(model: ModelRuntime, image: Image.Image, limits: Limits) -> Prepare
 def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
     """The best WebP no bigger than ``budget`` bytes, or its smallest, as the report shows it."""
     quality, data, fits = imaging.webp_within(image, budget)
-    decoded = imaging.to_array(Image.open(io.BytesIO(data)), None, image.shape[2])
+    decoded = imaging.decode_baseline(data, image.shape[2])
     return {
         "bytes": len(data),
         "quality": quality,
