@@ -1023,10 +1023,29 @@ def test_an_animated_image_says_that_only_its_first_frame_is_coded(
     upload = buffer.getvalue()
     assert Image.open(io.BytesIO(upload)).n_frames == 3
     report = encoded_with(client, f"/api/models/{spatial_web_model}/encode?format=json", upload)
-    assert f"This animated {fmt} has 3 frames: only the first frame is coded." in report["notes"]
+    kind = {"WEBP": "WebP"}.get(fmt, fmt)
+    assert f"This animated {kind} has 3 frames: only the first frame is coded." in report["notes"]
     seen = read_png(base64.b64decode(report["input"]["png_base64"]))
     assert np.abs(seen.astype(int) - colours[0]).max() <= 2  # the first frame, red
     still = encoded_with(
         client, f"/api/models/{spatial_web_model}/encode?format=json", png_of(colour_photo(48, 32))
     )
     assert still["notes"] == []
+
+
+def test_an_animation_with_a_damaged_later_frame_is_coded_from_its_first_and_said(
+    client: httpx.Client, spatial_web_model: str
+) -> None:
+    """Counting the frames of a GIF cut off inside its third frame must not fail the request
+    (Pillow raises IndexError there): the first frame is coded, and the note says 'or more'."""
+    rng = np.random.default_rng(8)
+    frames = [
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).convert("P") for _ in range(3)
+    ]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    cut = buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3]
+    report = encoded_with(client, f"/api/models/{spatial_web_model}/encode?format=json", cut)
+    assert "This animated GIF has 2 or more frames: only the first frame is coded." in report["notes"]
+    seen = read_png(base64.b64decode(report["input"]["png_base64"]))
+    np.testing.assert_array_equal(seen, np.asarray(frames[0].convert("RGB")))
