@@ -21,7 +21,7 @@ from chromium import CHROMIUM, NetworkMeter, launch
 from conftest import REAL_MNIST, REPO, LiveServer, make_digits
 from PIL import Image
 
-from latentz import codec, runtime
+from latentz import choice, codec, runtime
 
 pytestmark = pytest.mark.browser
 
@@ -814,8 +814,9 @@ def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showe
     assert len(blob) == report["latentz"]["bytes"]
     shown = data_url_image(page, "#reconstruction")
     np.testing.assert_array_equal(model.decompress(blob)[:, :, 0], shown)
-    assert codec.unpack(blob)[0].step == codec.step_for_quality(75)
-    screenshot(page, "codec.png")
+    recommended = choice.recommended_quality(model.config).quality  # no slider moved: the model's own
+    assert report["quality"] == recommended
+    assert codec.unpack(blob)[0].step == codec.step_for_quality(recommended)
 
     page.locator("#quality").fill("5")
     page.wait_for_function(
@@ -892,6 +893,267 @@ def test_codec_page_says_when_a_file_is_not_an_image(page, tmp_path: Path) -> No
         "The file holiday.jpg is not a JPEG, PNG, WebP, GIF, BMP or TIFF image "
         "(judged by its content, not its name)."
     )
+
+
+def held_out_car(tmp_path: Path, index: int = 3) -> Path:
+    """A real red car the photo models never saw (held out), else a colourful 207x118 stand-in."""
+    red_cars = REPO.parent / "shared" / "data" / "red-cars"
+    if red_cars.is_dir():
+        from latentz.bundle import resolve_bundle, training_val_fraction
+        from latentz.data import load_dataset
+
+        fraction = training_val_fraction(resolve_bundle("red-cars-128"))
+        held_out = load_dataset(f"folder:{red_cars}", split="val", image_size=128, val_fraction=fraction)
+        return held_out.files[index]
+    rng = np.random.default_rng(index)
+    ramp = np.linspace(0, 1, 207)[None, :, None]
+    photo = np.clip(
+        ramp * (220, 40, 30) + (1 - ramp) * (30, 60, 200) + rng.normal(0, 8, (118, 207, 3)), 0, 255
+    )
+    path = tmp_path / "colour.png"
+    Image.fromarray(photo.astype(np.uint8)).save(path)
+    return path
+
+
+def upload_to_codec(page, path: Path) -> dict:  # type: ignore[no-untyped-def]
+    """Choose a file on the codec page and wait for its report (a new one)."""
+    page.evaluate("window.latentzCodec = null")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function(
+        "() => window.latentzCodec && document.body.dataset.state === 'done'", timeout=LOAD_TIMEOUT_MS
+    )
+    return page.evaluate("window.latentzCodec")
+
+
+def wait_codec_report(page, **expected: object) -> dict:  # type: ignore[no-untyped-def]
+    """Wait until the page shows a report with these fields (after a model or quality change)."""
+    page.wait_for_function(
+        """(expected) => { const r = window.latentzCodec;
+            return r && document.body.dataset.state === 'done' &&
+                Object.entries(expected).every(([key, value]) => r[key] === value); }""",
+        arg=expected,
+        timeout=LOAD_TIMEOUT_MS,
+    )
+    return page.evaluate("window.latentzCodec")
+
+
+def move_slider(page, selector: str, value: int) -> None:  # type: ignore[no-untyped-def]
+    """Move a range input with the keyboard, as a person would (each key press is an input event)."""
+    page.focus(selector)
+    current = int(page.input_value(selector))
+    key = "ArrowRight" if value > current else "ArrowLeft"
+    for _ in range(abs(value - current)):
+        page.keyboard.press(key)
+    assert int(page.input_value(selector)) == value
+
+
+def test_codec_page_starts_on_auto_at_the_recommended_quality_of_the_model_it_lands_on(  # type: ignore[no-untyped-def]
+    page, tmp_path: Path
+) -> None:
+    """Auto picks the model that fits each upload (latentz.choice) and the slider goes to that
+    model's recommended quality; picking a model moves it to that model's, until the user moves it."""
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    assert page.input_value("#model") == "auto"
+    assert page.inner_text("#model option:checked") == "Auto (the model that fits)"
+    assert page.inner_text("#quality-value") == "auto"
+
+    car = held_out_car(tmp_path)
+    width, height = Image.open(car).size
+    expected = choice.choose_model(width, height, 3)
+    recommended = choice.recommended_quality(expected.info.config).quality
+    report = upload_to_codec(page, car)
+    assert report["model"] == expected.name and report["quality"] == recommended
+    assert page.input_value("#quality") == str(recommended) == page.inner_text("#quality-value")
+    assert page.inner_text("#quality-why") == f"recommended for {expected.name}"
+    assert page.inner_text("#choice").startswith(f"Chosen for {expected.reason}.")
+    assert page.is_hidden("#warning") and page.is_hidden("#quality-reset")
+
+    digit = tmp_path / "digit.png"
+    Image.fromarray(sample_digit(7)).save(digit)
+    digit_model = choice.choose_model(28, 28, 1)
+    digit_quality = choice.recommended_quality(digit_model.info.config).quality
+    report = upload_to_codec(page, digit)
+    assert (report["model"], report["quality"]) == (digit_model.name, digit_quality)
+    assert page.input_value("#quality") == str(digit_quality)
+    assert report["model"] in page.inner_text("#note")
+    screenshot(page, "codec.png")
+
+    # A model picked by hand: the slider goes to its recommended quality before the answer comes.
+    other = next(name for name in ("mnist-z10", "fashion-z10", digit_model.name) if name != digit_model.name)
+    other_quality = choice.recommended_quality(runtime.load(other).config).quality
+    page.select_option("#model", other)
+    assert page.input_value("#quality") == str(other_quality)
+    assert page.inner_text("#quality-why") == f"recommended for {other}"
+    wait_codec_report(page, model=other, quality=other_quality)
+
+    # Moved by the user, the slider stays where it was put, whichever model is picked next.
+    move_slider(page, "#quality", other_quality + 12)
+    wait_codec_report(page, model=other, quality=other_quality + 12)
+    assert page.inner_text("#quality-why") == "your choice" and page.is_visible("#quality-reset")
+    page.select_option("#model", "auto")
+    wait_codec_report(page, model=digit_model.name, quality=other_quality + 12)
+    assert page.input_value("#quality") == str(other_quality + 12)
+    page.click("#quality-reset")
+    wait_codec_report(page, model=digit_model.name, quality=digit_quality)
+    assert page.input_value("#quality") == str(digit_quality) and page.is_hidden("#quality-reset")
+
+
+def test_codec_page_warns_when_the_chosen_model_does_not_fit_and_offers_the_one_that_does(  # type: ignore[no-untyped-def]
+    page, web_model: str, tmp_path: Path
+) -> None:
+    from latentz.bundle import read_bundle
+
+    car = held_out_car(tmp_path, index=5)
+    width, height = Image.open(car).size
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.select_option("#model", web_model)
+    report = upload_to_codec(page, car)
+    warning = choice.fit_warning(read_bundle(web_model), width, height, 3, how_to_switch=None)
+    better = choice.choose_model(width, height, 3).name
+    assert report["warning"] == warning and warning
+    assert page.is_visible("#warning")
+    assert page.inner_text("#warning-text") == warning
+    assert "loses its colour" in warning and f"{better} fits it better." in warning
+    assert page.inner_text("#use-better") == f"Use {better}"
+    page.click("#use-better")
+    report = wait_codec_report(page, model=better)
+    assert report["warning"] is None
+    assert page.input_value("#model") == better
+    assert page.is_hidden("#warning")
+
+
+def image_boxes(page) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Each compared image's natural size, box on screen, and its viewport's box and scroll."""
+    return page.evaluate(
+        """() => ['#input-view', '#reconstruction', '#webp'].map((selector) => {
+            const image = document.querySelector(selector);
+            const viewport = image.closest('.viewport') ?? image.parentElement;
+            const box = image.getBoundingClientRect(), frame = viewport.getBoundingClientRect();
+            return {natural: [image.naturalWidth, image.naturalHeight],
+                    box: [box.left, box.top, box.width, box.height],
+                    frame: [frame.left, frame.top, frame.width, frame.height],
+                    scroll: [viewport.scrollLeft, viewport.scrollTop]};
+        })"""
+    )
+
+
+def test_codec_page_compares_the_three_images_at_their_own_aspect_ratio_and_zooms_them_together(  # type: ignore[no-untyped-def]
+    sized_page, tmp_path: Path
+) -> None:
+    """No letterbox: each box has its image's aspect ratio, the three at one scale, side by side (on
+    a phone one above the other, screen-wide); a zoom step magnifies all three alike, and moving
+    one moves the others (mouse or touch)."""
+    page = sized_page
+    car = held_out_car(tmp_path)
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.select_option("#model", choice.choose_model(*Image.open(car).size, 3).name)  # the photo codec
+    report = upload_to_codec(page, car)
+    page.wait_for_function("() => [...document.querySelectorAll('#compare img')].every((i) => i.complete)")
+    width, height = report["input"]["width"], report["input"]["height"]
+    assert width != height  # a wide photo, coded at its own size
+    boxes = image_boxes(page)
+    scales = []
+    for box in boxes:
+        assert box["natural"] == [width, height]
+        box_width, box_height = box["box"][2:]
+        assert box_height == pytest.approx(box_width * height / width, abs=1.0), box  # its own ratio
+        assert box["frame"][2] == pytest.approx(box_width + 2, abs=1.0)  # no bars beside it...
+        assert box["frame"][3] == pytest.approx(box_height + 2, abs=1.0)  # ...nor above and below
+        scales.append(box_width / width)
+    assert max(scales) - min(scales) < 1e-6, scales
+    lefts, tops = [box["box"][0] for box in boxes], [box["box"][1] for box in boxes]
+    if page.viewport_size["width"] < 500:  # one above the other, as wide as the screen, all in one screen
+        assert max(lefts) - min(lefts) < 1 and tops == sorted(tops), boxes
+        assert boxes[0]["box"][2] > 0.8 * page.viewport_size["width"]
+        assert boxes[2]["box"][1] + boxes[2]["box"][3] - boxes[0]["box"][1] <= page.viewport_size["height"]
+    else:
+        assert lefts == sorted(lefts) and max(tops) - min(tops) < 1, "side by side, in one row"
+    assert boxes[2]["box"][0] + boxes[2]["box"][2] <= page.viewport_size["width"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+    fit = scales[0]
+    if page.viewport_size["width"] < 500:
+        screenshot(page, "codec-phone.png")
+
+    page.click(".zoom[data-zoom='4']")
+    zoomed = image_boxes(page)
+    zoomed_scales = [box["box"][2] / width for box in zoomed]
+    assert max(zoomed_scales) - min(zoomed_scales) < 1e-6
+    assert zoomed_scales[0] >= 3.5 * fit, (fit, zoomed_scales)
+    for box in zoomed:
+        assert box["box"][3] == pytest.approx(box["box"][2] * height / width, abs=1.0)
+        assert box["frame"][2] < box["box"][2]  # a window onto the magnified image
+    assert page.get_attribute(".zoom[data-zoom='4']", "aria-pressed") == "true"
+    assert page.evaluate("getComputedStyle(document.querySelector('#webp')).imageRendering") == "pixelated"
+
+    # Drag (or swipe) the middle one sideways, then up: the others follow, to the pixel.
+    page.locator("#compare").scroll_into_view_if_needed()
+    together = """([axis, before]) => {
+        const [a, b, c] = [...document.querySelectorAll('#compare .viewport')];
+        return b[axis] > before && a.scrollLeft === b.scrollLeft && b.scrollLeft === c.scrollLeft &&
+            a.scrollTop === b.scrollTop && b.scrollTop === c.scrollTop; }"""
+    tall = page.evaluate(
+        "(v => v.scrollHeight > v.clientHeight)(document.querySelector('#compare .viewport'))"
+    )
+    for axis, start, end in (("scrollLeft", (0.7, 0.5), (0.1, 0.5)), ("scrollTop", (0.5, 0.8), (0.5, 0.2))):
+        if axis == "scrollTop" and not tall:
+            continue  # the window shows the magnified image's whole height
+        before = page.evaluate(f"document.querySelector('#compare figure:nth-child(2) .viewport').{axis}")
+        swipe = Stroke(page, "#compare figure:nth-child(2) .viewport")
+        swipe.down(*start)
+        swipe.move(*end)
+        swipe.up()
+        page.wait_for_function(together, arg=[axis, before])
+    if not page.touch:
+        screenshot(page, "codec-zoom.png")
+
+    page.click(".zoom[data-zoom='1']")
+    assert image_boxes(page)[0]["box"][2] == pytest.approx(fit * width, abs=0.5)
+    # A click (or tap) on a point zooms in one step there: its right-hand side stays in view.
+    box_width, box_height = image_boxes(page)[2]["box"][2:]
+    page.click("#webp", position={"x": box_width * 0.9, "y": box_height * 0.5})
+    assert page.get_attribute(".zoom[data-zoom='2']", "aria-pressed") == "true"
+    after = image_boxes(page)
+    assert after[0]["scroll"][0] > 0 and after[0]["scroll"] == after[1]["scroll"] == after[2]["scroll"]
+
+
+def test_codec_page_shows_transparency_on_white_and_an_animation_as_its_first_frame(  # type: ignore[no-untyped-def]
+    page, tmp_path: Path
+) -> None:
+    """A real RGBA PNG and a real 3-frame GIF: the original is shown as the model sees it, and said."""
+    rows, cols = np.mgrid[0:60, 0:90]
+    rgba = np.zeros((60, 90, 4), np.uint8)
+    rgba[np.hypot(rows - 30, cols - 30) < 20] = (210, 30, 30, 255)  # an opaque red disc; the rest clear
+    logo = tmp_path / "logo.png"
+    Image.fromarray(rgba, "RGBA").save(logo)
+    colours = ((230, 30, 30), (30, 200, 30), (30, 30, 230))
+    frames = [Image.fromarray(np.full((40, 64, 3), colour, np.uint8)) for colour in colours]
+    animation = tmp_path / "blink.gif"
+    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    assert Image.open(animation).n_frames == 3
+
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    upload_to_codec(page, logo)
+    assert (
+        page.inner_text("#notes")
+        == "Transparent pixels were composited on white: this is how the model sees them."
+    )
+    seen = data_url_image(page, "#input-view")
+    assert (seen[rgba[:, :, 3] == 0] == 255).all(), "the clear pixels are shown white, as coded"
+    assert "composited on white" not in page.inner_text("#input-size")
+
+    upload_to_codec(page, animation)
+    assert page.inner_text("#notes") == "This animated GIF has 3 frames: only the first frame is coded."
+    seen = data_url_image(page, "#input-view")
+    assert np.abs(seen[:, :, :3].astype(int) - colours[0]).max() <= 2  # the first frame, red
+
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.full((40, 64, 3), (200, 120, 40), np.uint8)).save(plain)
+    upload_to_codec(page, plain)
+    assert page.is_hidden("#notes")
 
 
 # -- receiver ---------------------------------------------------------------------------------------
@@ -993,9 +1255,7 @@ def test_codec_page_codes_a_held_out_car_at_its_own_size(page, tmp_path: Path) -
     expected = model.prepare(photo)
     page.goto("/codec")
     page.wait_for_selector("body[data-models=loaded]")
-    page.select_option("#model", "red-cars-128")
-    page.fill("#quality", "50")
-    page.dispatch_event("#quality", "input")
+    page.select_option("#model", "red-cars-128")  # at its recommended quality, 50
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
     report = page.evaluate("window.latentzCodec")

@@ -694,12 +694,21 @@ def test_openapi_documents_every_endpoint_and_error(client: httpx.Client) -> Non
         "/api/models/{name}/reconstruct",
         "/api/models/{name}/sample",
         "/api/models/{name}/interpolate",
+        "/api/encode",
         "/api/decode",
         "/api/read",
     ):
         assert path in paths, path
-    encode = paths["/api/models/{name}/encode"]["post"]["responses"]
-    assert {"400", "404", "408", "409", "413", "415", "429"} <= set(encode)
+    for path in ("/api/models/{name}/encode", "/api/encode"):
+        encode = paths[path]["post"]["responses"]
+        assert {"400", "404", "408", "409", "413", "415", "429"} <= set(encode), path
+        form = spec["components"]["schemas"][
+            paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[
+                -1
+            ]
+        ]
+        assert form["required"] == ["file"], path  # quality is optional: the model's recommended one
+        assert "recommended quality" in form["properties"]["quality"]["description"]
     error_schema = {"$ref": "#/components/schemas/ErrorBody"}
     assert encode["413"]["content"]["application/json"]["schema"] == error_schema
     assert set(spec["components"]["schemas"]["ErrorBody"]["required"]) == {"error", "code", "status"}
@@ -739,7 +748,11 @@ def test_concurrent_requests_share_one_session_per_model_and_agree(
             if index % 2:
                 response = http.post("/api/decode", files={"file": ("x", digit_latentz)})
             else:
-                response = http.post(f"/api/models/{web_model}/encode", files={"file": ("d.png", digit_png)})
+                response = http.post(
+                    f"/api/models/{web_model}/encode",
+                    files={"file": ("d.png", digit_png)},
+                    data={"quality": 75},
+                )  # digit_latentz's quality
         with lock:
             results.append((index, response.status_code, response.content))
 
@@ -851,3 +864,194 @@ def test_spatial_model_scales_huge_photos_down_to_the_side_limit(
     assert (report["input"]["width"], report["input"]["height"]) == (40, 24)
     assert "scaled 100x60 down to 40x24" in report["note"]
     assert report["original"]["width"] == 100
+
+
+# -- which model, which quality, and what the codec did to the upload -----------------------------------
+def colour_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A colourful photo-like image: a red-to-blue gradient with noise (grey in no part)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, width)[None, :]
+    image = np.zeros((height, width, 3))
+    image[..., 0] = 220 * (1 - ramp)
+    image[..., 1] = 60 + 40 * np.linspace(0.0, 1.0, height)[:, None]
+    image[..., 2] = 220 * ramp
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def encoded_with(client: httpx.Client, url: str, upload: bytes, **data: object) -> dict:
+    response = client.post(url, files={"file": ("upload", upload)}, data=data)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_model_list_carries_each_models_recommended_quality(client: httpx.Client) -> None:
+    from latentz import choice
+
+    listed = client.get("/api/models").json()["models"]
+    assert listed
+    for summary in listed:
+        expected = choice.recommended_quality(read_bundle(summary["name"]).config)
+        assert summary["recommended_quality"] == expected.quality, summary["name"]
+        assert summary["recommended_quality_reason"] == expected.reason
+        card = client.get(f"/api/models/{summary['name']}").json()
+        assert card["recommended_quality"] == expected.quality
+    by_name = {summary["name"]: summary["recommended_quality"] for summary in listed}
+    assert by_name.get("mnist-z32", 30) == 30 and by_name.get("red-cars-64", 50) == 50
+
+
+def test_api_encode_picks_the_model_that_fits_and_codes_at_its_recommended_quality(
+    client: httpx.Client,
+) -> None:
+    """`POST /api/encode` runs latentz.choice's rule on the upload: a colour photo to the photo
+    codec nearest its size, a small grey digit to the digit codec, each at its recommended quality."""
+    from latentz import choice
+
+    digit = make_digits(1, seed=12)[0][0][:, :, None]
+    for image, kind in ((colour_photo(207, 118), "a colour photo"), (digit, "a small grey image")):
+        height, width, channels = image.shape
+        expected = choice.choose_model(width, height, channels)
+        recommended = choice.recommended_quality(expected.info.config)
+        report = encoded_with(client, "/api/encode?format=json", png_of(image))
+        assert report["model"] == expected.name
+        assert report["model_reason"] == expected.reason and report["model_reason"].startswith(kind)
+        assert report["quality"] == recommended.quality
+        assert report["quality_reason"] == recommended.reason
+        assert report["step"] == codec.step_for_quality(recommended.quality)
+        assert report["warning"] is None and report["better_model"] is None
+        coder = runtime.load(expected.name)
+        blob = base64.b64decode(report["latentz"]["base64"])
+        assert blob == coder.compress(coder.prepare(png_of(image)).image, quality=recommended.quality)
+
+        answer = client.post("/api/encode", files={"file": ("upload.png", png_of(image))})
+        assert answer.status_code == 200, answer.text
+        assert answer.content == blob
+        assert answer.headers["x-latentz-model"] == expected.name
+        assert answer.headers["x-latentz-quality"] == str(recommended.quality)
+    if {"mnist-z32", "red-cars-128"} <= set(client.get("/api/health").json()["models"]):
+        assert choice.choose_model(207, 118, 3).name == "red-cars-128"
+        assert choice.choose_model(28, 28, 1).name == "mnist-z32"
+
+
+def test_an_explicit_quality_still_wins_and_a_bad_one_is_still_400(client: httpx.Client) -> None:
+    upload = png_of(colour_photo(60, 40))
+    report = encoded_with(client, "/api/encode?format=json", upload, quality=80)
+    assert report["quality"] == 80 and report["quality_reason"] is None
+    assert report["step"] == codec.step_for_quality(80)
+    response = client.post("/api/encode", files={"file": ("p.png", upload)}, data={"quality": "101"})
+    assert_error(response, 400, "bad_request", "quality")
+
+
+def test_encode_without_quality_uses_the_models_recommended_quality_not_75(
+    client: httpx.Client, web_model: str, digit_png: bytes
+) -> None:
+    from latentz import choice
+
+    recommended = choice.recommended_quality(read_bundle(web_model).config).quality
+    assert recommended != 75
+    response = client.post(f"/api/models/{web_model}/encode", files={"file": ("d.png", digit_png)})
+    assert response.status_code == 200, response.text
+    assert codec.unpack(response.content)[0].step == codec.step_for_quality(recommended)
+    assert response.headers["x-latentz-quality"] == str(recommended)
+    report = encoded_with(client, f"/api/models/{web_model}/encode?format=json", digit_png)
+    assert report["quality"] == recommended and "recommended quality" in report["quality_reason"]
+    assert report["model_reason"] is None  # named, not chosen
+
+
+def test_a_model_that_does_not_fit_the_upload_is_used_with_a_one_sentence_warning(
+    client: httpx.Client, web_model: str
+) -> None:
+    """A colour photo sent to a grey 28x28 digit model is coded as asked, and the report says why
+    that is a poor fit and which installed model fits better, in one sentence (no CLI flags)."""
+    from latentz import choice
+
+    photo = colour_photo(207, 118)
+    upload = png_of(photo)
+    better = choice.choose_model(207, 118, 3)
+    expected = choice.fit_warning(read_bundle(web_model), 207, 118, 3, how_to_switch=None)
+    for url in (f"/api/models/{web_model}/encode?format=json", f"/api/encode?format=json&model={web_model}"):
+        report = encoded_with(client, url, upload)
+        assert report["model"] == web_model
+        assert report["warning"] == expected
+        assert "loses its colour" in expected and expected.endswith(f"{better.name} fits it better.")
+        assert "-m" not in expected and expected.count(".") == 1
+        assert report["better_model"] == better.name
+    fitting = encoded_with(client, f"/api/encode?format=json&model={better.name}", upload)
+    assert fitting["warning"] is None and fitting["better_model"] is None
+    assert_error(
+        client.post("/api/encode?model=nosuch", files={"file": ("p.png", upload)}), 404, "unknown_model"
+    )
+
+
+def rgba_png() -> tuple[bytes, np.ndarray]:
+    """A real RGBA PNG: an opaque red disc, a half-transparent blue band, the rest fully transparent
+    (and black, so compositing on anything but white would show)."""
+    rows, cols = np.mgrid[0:48, 0:64]
+    pixels = np.zeros((48, 64, 4), np.uint8)
+    disc = np.hypot(rows - 24, cols - 20) < 14
+    pixels[disc] = (220, 20, 20, 255)
+    band = (cols >= 44) & (cols < 56)
+    pixels[band] = (0, 0, 255, 128)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue(), pixels
+
+
+def test_transparent_pixels_are_composited_on_white_and_the_report_says_so(
+    client: httpx.Client, spatial_web_model: str
+) -> None:
+    upload, pixels = rgba_png()
+    report = encoded_with(client, f"/api/models/{spatial_web_model}/encode?format=json", upload)
+    assert "Transparent pixels were composited on white: this is how the model sees them." in report["notes"]
+    seen = read_png(base64.b64decode(report["input"]["png_base64"]))
+    clear = pixels[:, :, 3] == 0
+    assert (seen[clear] == 255).all(), "fully transparent pixels are white, not black"
+    np.testing.assert_array_equal(seen[pixels[:, :, 3] == 255], pixels[pixels[:, :, 3] == 255][:, :3])
+    half = seen[pixels[:, :, 3] == 128]
+    assert np.abs(half.astype(int) - (127, 127, 255)).max() <= 1  # blue at 50% over white
+    opaque = io.BytesIO()
+    Image.fromarray(pixels[:, :, :3]).convert("RGBA").save(opaque, format="PNG")  # alpha everywhere 255
+    report = encoded_with(client, f"/api/models/{spatial_web_model}/encode?format=json", opaque.getvalue())
+    assert report["notes"] == []
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_an_animated_image_says_that_only_its_first_frame_is_coded(
+    client: httpx.Client, spatial_web_model: str, fmt: str
+) -> None:
+    """A real 3-frame GIF (and animated WebP, APNG): the first frame is coded, and said to be."""
+    colours = ((230, 30, 30), (30, 200, 30), (30, 30, 230))
+    frames = [Image.fromarray(np.full((32, 48, 3), colour, np.uint8)) for colour in colours]
+    buffer = io.BytesIO()
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    frames[0].save(
+        buffer, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **options
+    )
+    upload = buffer.getvalue()
+    assert Image.open(io.BytesIO(upload)).n_frames == 3
+    report = encoded_with(client, f"/api/models/{spatial_web_model}/encode?format=json", upload)
+    kind = {"WEBP": "WebP"}.get(fmt, fmt)
+    assert f"This animated {kind} has 3 frames: only the first frame is coded." in report["notes"]
+    seen = read_png(base64.b64decode(report["input"]["png_base64"]))
+    assert np.abs(seen.astype(int) - colours[0]).max() <= 2  # the first frame, red
+    still = encoded_with(
+        client, f"/api/models/{spatial_web_model}/encode?format=json", png_of(colour_photo(48, 32))
+    )
+    assert still["notes"] == []
+
+
+def test_an_animation_with_a_damaged_later_frame_is_coded_from_its_first_and_said(
+    client: httpx.Client, spatial_web_model: str
+) -> None:
+    """Counting the frames of a GIF cut off inside its third frame must not fail the request
+    (Pillow raises IndexError there): the first frame is coded, and the note says 'or more'."""
+    rng = np.random.default_rng(8)
+    frames = [
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).convert("P") for _ in range(3)
+    ]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    cut = buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3]
+    report = encoded_with(client, f"/api/models/{spatial_web_model}/encode?format=json", cut)
+    assert "This animated GIF has 2 or more frames: only the first frame is coded." in report["notes"]
+    seen = read_png(base64.b64decode(report["input"]["png_base64"]))
+    np.testing.assert_array_equal(seen, np.asarray(frames[0].convert("RGB")))

@@ -176,7 +176,7 @@ def test_every_api_route_is_fuzzed(live_server: LiveServer) -> None:
         if getattr(route, "include_in_schema", False) and route.path.startswith("/api/"):
             routes |= {(method, route.path) for method in route.methods - {"HEAD"}}
     assert routes == set(API_OPERATIONS)
-    assert len(API_OPERATIONS) == 13
+    assert len(API_OPERATIONS) == 14
 
 
 UPLOAD_OPERATIONS = [(method, path) for method, path in API_OPERATIONS if path.endswith(UPLOAD_SUFFIXES)]

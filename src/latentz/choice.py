@@ -266,9 +266,11 @@ def fit_warning(
     height: int,
     channels: int,
     bundles: Iterable[str | Path | BundleInfo] | None = None,
+    how_to_switch: str | None = "leave out -m to use it",
 ) -> str | None:
     """One sentence when ``info`` does not fit an image of this size and content, naming the
-    installed model that does (None when it fits)."""
+    installed model that does (None when it fits). ``how_to_switch`` ends it in brackets: the CLI's
+    way to get the better model (None for front ends that say it their own way, the codec page)."""
     models = encoding_models(bundles)
     better = _pick(width, height, channels, models)[0] if models else None
     config = info.config
@@ -297,4 +299,4 @@ def fit_warning(
         return None
     if better is None or better.path == info.path:
         return f"{problem} (no installed model fits it better)."
-    return f"{problem}; {better.name} fits it better (leave out -m to use it)."
+    return f"{problem}; {better.name} fits it better" + (f" ({how_to_switch})." if how_to_switch else ".")

@@ -80,10 +80,22 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Imag
     return image
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def has_transparent_pixels(image: Image.Image) -> bool:
+    """Whether any pixel is less than opaque: those `to_array` composites onto white, which a user
+    should be told (a logo on a transparent background comes back on white)."""
+    if not _has_alpha(image):
+        return False
+    with_alpha = image if image.mode in ("RGBA", "LA", "PA") else image.convert("RGBA")
+    return with_alpha.getchannel("A").getextrema()[0] < 255
+
+
 def _flatten(image: Image.Image, mode: str) -> Image.Image:
     """Convert to 'L' or 'RGB', compositing any transparency onto white (how viewers show it)."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)

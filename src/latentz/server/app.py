@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import re
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -38,7 +40,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Scope
 
 import latentz
-from latentz import codec, imaging, metrics
+from latentz import choice, codec, imaging, metrics
 from latentz.bundle import BundleInfo
 from latentz.codec import EntropyModelError
 from latentz.codec.limits import SizeLimits, TooLargeError
@@ -66,7 +68,10 @@ log = logging.getLogger("latentz.server")
 
 LATENTZ_MEDIA_TYPE = "application/x-latentz"
 OPENAPI_URL = "/openapi.json"
-DEFAULT_QUALITY = 75
+QUALITY_FIELD_DESCRIPTION = (
+    "0..100, higher is better; without it, the model's recommended quality "
+    "(`recommended_quality` in GET /api/models: 50 for photo models, 30 for mnist-z32)"
+)
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -173,6 +178,44 @@ def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
     }
 
 
+def upload_notes(image: Image.Image, data: bytes) -> list[str]:
+    """What the codec does to this upload that its owner would not expect, as sentences: the
+    transparency composited on white (as `imaging.to_array` does), the frames it leaves out."""
+    notes = []
+    if imaging.has_transparent_pixels(image):
+        notes.append("Transparent pixels were composited on white: this is how the model sees them.")
+    frames, at_least = _frame_count(data)
+    counted = f"{frames:,} or more" if at_least else f"{frames:,}"
+    if frames > 1 and image.format == "TIFF":
+        notes.append(f"This TIFF has {counted} pages: only the first page is coded.")
+    elif frames > 1:
+        kind = {"WEBP": "WebP"}.get(image.format or "", image.format)
+        notes.append(f"This animated {kind} has {counted} frames: only the first frame is coded.")
+    return notes
+
+
+MAX_COUNTED_FRAMES = 1000
+"""Frames counted at most (a note then says '1,000 or more'): seeking costs about 40 us a frame, so
+a 16 MiB GIF of tiny frames cannot make a report slow."""
+
+
+def _frame_count(data: bytes) -> tuple[int, bool]:
+    """How many frames (or pages) an image file holds, and whether that is only a lower bound (a
+    damaged later frame, or `MAX_COUNTED_FRAMES`), from a second, lazy parse of its bytes (seeking
+    the decoded image would disturb it). Seeking parses a frame's header: nothing is decoded."""
+    count = 1
+    with Image.open(io.BytesIO(data), formats=imaging.ACCEPTED_FORMATS) as parsed:
+        try:
+            while count < MAX_COUNTED_FRAMES:
+                parsed.seek(count)
+                count += 1
+        except EOFError:
+            return count, False
+        except Exception:  # Pillow's parsers fail on a damaged later frame with many types
+            return count, True
+    return count, True
+
+
 def _flat(array: np.ndarray) -> np.ndarray:
     """A latent as the JSON answers carry it: float32 values in C order (`render_json` writes them)."""
     return np.asarray(array, dtype=np.float32).ravel()
@@ -224,24 +267,42 @@ def json_answer(content: dict[str, Any]) -> Response:
     return Response(render_json(content), media_type="application/json")
 
 
+@dataclass(frozen=True)
+class EncodeSettings:
+    """The model and quality an upload is coded with, and why, as the JSON report says them."""
+
+    model: ModelRuntime
+    quality: int
+    model_reason: str | None  # set when the server chose the model (`POST /api/encode`)
+    quality_reason: str | None  # set when the quality is the model's recommended one
+    warning: str | None  # the model does not fit the image (`latentz.choice.fit_warning`)
+    better_model: str | None  # the installed model that fits it, when ``model`` does not
+
+
 def _encode_report(
-    model: ModelRuntime,
+    settings: EncodeSettings,
     upload: bytes,
     image_format: str | None,
     prepared: Prepared,
     blob: bytes,
-    quality: int,
+    notes: list[str],
     filename: str,
     sizes: SizeLimits,
 ) -> dict[str, Any]:
     """The codec page's report: sizes, the model's input, the reconstruction and WebP at the same budget."""
+    model = settings.model
     header, _ = codec.unpack(blob)
     reconstruction = model.decompress(blob, sizes)
     webp = _webp_at_budget(prepared.image, len(blob))
     height, width, channels = prepared.image.shape
     return {
         "model": model.name,
-        "quality": quality,
+        "model_reason": settings.model_reason,
+        "quality": settings.quality,
+        "quality_reason": settings.quality_reason,
+        "warning": settings.warning,
+        "better_model": settings.better_model,
+        "notes": notes,
         "step": header.step,
         "note": prepared.note,
         "original": {
@@ -493,38 +554,108 @@ def create_app(
         check_upload_image(data, limits.max_pixels)
         return data
 
-    @app.post(
-        "/api/models/{name}/encode",
-        tags=["codec"],
-        responses={200: {"content": {LATENTZ_MEDIA_TYPE: {}, "application/json": {}}}, **ERROR_RESPONSES},
-    )
-    async def encode(
+    def encode_settings(
+        image: Image.Image, named: ModelRuntime | None, quality: int | None
+    ) -> EncodeSettings:
+        """The model (``named``, else the one `latentz.choice` picks for the image) and the quality
+        (``quality``, else the model's recommended one), with the reasons and misfit warning."""
+        width, height = image.size
+        channels = choice.image_channels(image)
+        candidates = registry.encoding_infos()
+        if named is None:
+            try:
+                picked = choice.choose_model(width, height, channels, candidates)
+            except choice.NoModelError:
+                message = (
+                    "no installed model can encode: install one, or export one with `latentz export MODEL`"
+                )
+                raise ApiError(409, message, "model_not_exported") from None
+            model = registry.runtime(picked.name)
+            model_reason, warning, better = picked.reason, picked.warning, None
+        else:  # an exported model is itself a candidate: the choice below always finds one
+            model, model_reason = named, None
+            warning = choice.fit_warning(named.info, width, height, channels, candidates, how_to_switch=None)
+            fits = choice.choose_model(width, height, channels, candidates).name if warning else None
+            better = fits if fits != named.name else None
+        quality_reason = None
+        if quality is None:
+            recommended = choice.recommended_quality(model.config)
+            quality, quality_reason = recommended.quality, recommended.reason
+        return EncodeSettings(model, quality, model_reason, quality_reason, warning, better)
+
+    async def encode_upload(
         request: Request,
-        name: str,
-        file: UploadFile = File(..., description="an image (JPEG, PNG, WebP, ...; judged by content)"),
-        quality: int = Form(DEFAULT_QUALITY, ge=0, le=100, description="0..100, higher is better"),
-        format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
+        named: ModelRuntime | None,
+        file: UploadFile,
+        quality: int | None,
+        format: Literal["latentz", "json"],
     ) -> Response:
-        """Compress an image to a .latentz file. ``format=json`` adds the reconstruction, PSNR and
-        a WebP of the same image at the same byte budget, with the file as base64."""
-        model = await runtime_of(name)
         data = await read_image_upload(file)
 
         def work() -> Response:
             image = open_upload_image(data, limits.max_pixels)
+            settings = encode_settings(image, named, quality)
+            model = settings.model
+            notes = upload_notes(image, data)
             prepared = _prepare(model, image, limits)
-            blob = model.compress(prepared.image, quality=quality)
+            blob = model.compress(prepared.image, quality=settings.quality)
             download = _download_name(file.filename, ".latentz")
             if format == "latentz":
                 return Response(
                     blob,
                     media_type=LATENTZ_MEDIA_TYPE,
-                    headers={"Content-Disposition": f'attachment; filename="{download}"'},
+                    headers={
+                        "Content-Disposition": f'attachment; filename="{download}"',
+                        "X-Latentz-Model": model.name,
+                        "X-Latentz-Quality": str(settings.quality),
+                    },
                 )
-            report = _encode_report(model, data, image.format, prepared, blob, quality, download, sizes)
+            report = _encode_report(settings, data, image.format, prepared, blob, notes, download, sizes)
             return json_answer(report)
 
         return await run_job(request, work)
+
+    encode_description = (
+        "With ``format=json``: the file as base64, the reconstruction, its PSNR and a WebP of the same "
+        "image at the same byte budget; the model and quality used and why (``model_reason``, "
+        "``quality_reason``), a ``warning`` sentence when the model does not fit the image (and "
+        "``better_model``), and ``notes`` on what was changed (transparency composited on white, the "
+        "first frame of an animation). The file answer says the model and quality in ``X-Latentz-Model`` "
+        "and ``X-Latentz-Quality``."
+    )
+
+    @app.post(
+        "/api/encode",
+        tags=["codec"],
+        responses={200: {"content": {LATENTZ_MEDIA_TYPE: {}, "application/json": {}}}, **ERROR_RESPONSES},
+        description="Compress an image to a .latentz file with the installed model that fits it (a small "
+        "grey image: the digit codec; a colour photo: the photo codec nearest its size; the rule of "
+        "`latentz.choice`, as `latentz encode` without -m), or with ``model``. " + encode_description,
+    )
+    async def encode_any(
+        request: Request,
+        file: UploadFile = File(..., description="an image (JPEG, PNG, WebP, ...; judged by content)"),
+        quality: int | None = Form(None, ge=0, le=100, description=QUALITY_FIELD_DESCRIPTION),
+        format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
+        model: str | None = Query(None, description="code with this model instead of the one that fits"),
+    ) -> Response:
+        named = await runtime_of(model) if model else None
+        return await encode_upload(request, named, file, quality, format)
+
+    @app.post(
+        "/api/models/{name}/encode",
+        tags=["codec"],
+        responses={200: {"content": {LATENTZ_MEDIA_TYPE: {}, "application/json": {}}}, **ERROR_RESPONSES},
+        description="Compress an image to a .latentz file with this model. " + encode_description,
+    )
+    async def encode(
+        request: Request,
+        name: str,
+        file: UploadFile = File(..., description="an image (JPEG, PNG, WebP, ...; judged by content)"),
+        quality: int | None = Form(None, ge=0, le=100, description=QUALITY_FIELD_DESCRIPTION),
+        format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
+    ) -> Response:
+        return await encode_upload(request, await runtime_of(name), file, quality, format)
 
     @app.post(
         "/api/models/{name}/latent",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from latentz import runtime
+from latentz import choice, runtime
 from latentz.bundle import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -169,11 +169,20 @@ class ModelRegistry:
                 self.problems[name] = f"could not load: {_without_paths(error, info.path)}"
         return loaded
 
+    def encoding_infos(self) -> list[BundleInfo]:
+        """The installed models this server can encode with and show (every browser file present):
+        the candidates of `latentz.choice`'s rule for ``POST /api/encode``."""
+        with self._lock:
+            infos = list(self._infos.values())
+        return [info for info in infos if not self.missing_files(info)]
+
     def summary(self, info: BundleInfo) -> dict[str, Any]:
-        """What the model list shows: enough for a page to pick and load a model."""
+        """What the model list shows: enough for a page to pick and load a model, and the quality
+        to start it at (`latentz.choice.recommended_quality`, the same as `latentz encode`'s)."""
         config = info.config
         card = info.card
         missing = self.missing_files(info)
+        recommended = choice.recommended_quality(config)
         base = f"/api/models/{info.name}/files"
         return finite_json(
             {
@@ -186,6 +195,8 @@ class ModelRegistry:
                 "latent_dim": config.latent_dim,
                 "latent_shape": list(config.latent_shape()),
                 "fully_convolutional": config.fully_convolutional,
+                "recommended_quality": recommended.quality,
+                "recommended_quality_reason": recommended.reason,
                 "data": card.get("data", ""),
                 "metrics": card.get("metrics", {}),
                 "exported": not missing,
