@@ -266,6 +266,9 @@ export function megabytes(done, total) {
 // -- onnxruntime-web --------------------------------------------------------------------------
 export const ORT_WASM_URL = new URL("ort-wasm-simd-threaded.wasm", ORT_MODULE_URL).href;
 let ortPromise = null;
+let ortWasm = null; // the runtime's Download, kept so that the page's first model load counts it
+let ortReady = false;
+let runtimeCounted = false;
 const sessions = new Map();
 
 /** Thread count for ORT: `?threads=N` in the page URL, else 1 (best for the small decoders here). */
@@ -280,10 +283,14 @@ export function requestedThreads(fallback = 1) {
  * their sizes are known before any progress is shown.
  */
 export function pendingDownloads(onnxUrls) {
-  const urls = [];
-  if (!ortPromise || downloads.has(ORT_WASM_URL)) urls.push(ORT_WASM_URL);
-  for (const url of onnxUrls) if (!sessions.has(url) || downloads.has(url)) urls.push(url);
-  return urls.map(download);
+  const list = [];
+  // The page's first load counts the runtime's binary even when it came in first (gzip makes it
+  // arrive early), so that total is the same however the downloads race; later loads count it
+  // only while it is still needed.
+  if (!runtimeCounted || !ortReady) list.push(ortWasm ?? download(ORT_WASM_URL));
+  runtimeCounted = true;
+  for (const url of onnxUrls) if (!sessions.has(url) || downloads.has(url)) list.push(download(url));
+  return list;
 }
 
 /** Import onnxruntime-web once, with its 14 MB WebAssembly binary fetched by us (to show progress). */
@@ -291,6 +298,7 @@ export function loadOrt(threads = 1) {
   if (!ortPromise) {
     ortPromise = (async () => {
       const wasm = download(ORT_WASM_URL);
+      ortWasm = wasm;
       let ort;
       try {
         ort = await import(ORT_MODULE_URL);
@@ -308,10 +316,12 @@ export function loadOrt(threads = 1) {
       downloads.delete(ORT_WASM_URL);
       ort.env.wasm.numThreads = crossOriginIsolated ? threads : 1;
       ort.env.logLevel = "error";
+      ortReady = true;
       return ort;
     })();
     ortPromise.catch(() => {
       ortPromise = null; // allow a retry after a failure
+      ortWasm = null;
     });
   }
   return ortPromise;
