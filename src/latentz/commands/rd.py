@@ -51,8 +51,8 @@ def register(app: typer.Typer) -> None:
         """
         from latentz import rd
         from latentz import runtime as rt
-        from latentz.bundle import atomic_write_json, training_val_fraction
-        from latentz.data import load_dataset
+        from latentz.bundle import atomic_write_json
+        from latentz.data import load_bundle_split
         from latentz.plots import plot_rd
 
         latentz_qualities = _parse_qualities(qualities, rd.LATENTZ_QUALITIES)
@@ -62,12 +62,12 @@ def register(app: typer.Typer) -> None:
             if not spec:
                 raise ValueError("the model's card names no data set; pass --data")
             config = runtime.config
-            images = load_dataset(
+            images = load_bundle_split(
+                runtime.info.path,
                 spec,
-                split=split,
+                split,
                 image_size=image_size or config.image_size,
                 channels=config.channels,
-                val_fraction=training_val_fraction(runtime.info.path),
                 limit=limit,
             )
             if len(images) == 0:
