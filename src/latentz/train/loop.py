@@ -26,7 +26,7 @@ from latentz.models import build_model
 from latentz.train import run_folder, snapshot
 from latentz.train.batches import training_batch
 from latentz.train.errors import TrainingError
-from latentz.train.progress import Progress
+from latentz.train.progress import RunProgress
 from latentz.train.schedules import kl_weight_at, make_optimizer, set_learning_rate
 from latentz.train.snapshot import RunState
 from latentz.train.steps import Step, step_for
@@ -82,7 +82,7 @@ def fit(
     context.run_on_main(lambda: run_folder.start_folder(out_dir, config, run.history))
     end_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
     n_train = len(data.train)
-    bar = Progress(
+    bar = RunProgress(
         progress and context.is_main,
         total_images=n_train * end_epoch,
         done_images=n_train * run.epoch,
@@ -95,7 +95,7 @@ def fit(
             _epoch(run, config, data, context, step, bar, out_dir, epoch)
     finally:
         bar.close()
-    if len(run.history) == config.epochs:
+    if len(run.history) >= config.epochs:
         # The other processes wait for rank 0's bundle, so all of them leave the job together.
         context.run_on_main(lambda: run_folder.finish_bundle(run, config, out_dir, data, command))
     return out_dir
@@ -136,7 +136,7 @@ def _epoch(
     data: TrainingData,
     context: Context,
     step: Step,
-    bar: Progress,
+    bar: RunProgress,
     out_dir: Path,
     epoch: int,
 ) -> None:
@@ -172,7 +172,13 @@ def _epoch(
 
 
 def _train_epoch(
-    run: RunState, images: Images, config: TrainConfig, epoch: int, bar: Progress, out_dir: Path, step: Step
+    run: RunState,
+    images: Images,
+    config: TrainConfig,
+    epoch: int,
+    bar: RunProgress,
+    out_dir: Path,
+    step: Step,
 ) -> dict[str, float]:
     """One pass over the shuffled training images; returns summed loss, -ELBO and KL.
 

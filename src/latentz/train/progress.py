@@ -34,7 +34,7 @@ def describe_figures(config: TrainConfig) -> str:
     return text
 
 
-class Progress:
+class RunProgress:
     """A rich progress bar on a terminal (with images/s and ETA), one summary line per epoch.
 
     Both show the same quantity, the true (beta = 1) negative ELBO per image in nats and in bits
