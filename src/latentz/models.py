@@ -28,7 +28,8 @@ LEAKY_SLOPE = 0.2
 #: Initial posterior log-variance of spatial models (std ~0.22 instead of 1): with unit noise on
 #: every latent element the decoder first sees mostly noise and learning stalls for epochs.
 SPATIAL_LOGVAR_INIT = -3.0
-#: Images per forward pass when encoding a whole data set (bounds memory, not results).
+#: Images per forward pass when encoding a whole data set. Training's bundle and `latentz export`
+#: both encode this way, so an export refits exactly the entropy model training wrote.
 POSTERIOR_BATCH = 512
 
 
