@@ -81,7 +81,9 @@ def child(mode: str, folder: Path, size: int) -> dict:
     import torch
 
     from latentz.config import ModelConfig, TrainConfig
-    from latentz.training import images_at, load_training_data, to_float
+    from latentz.data import load_training_data
+    from latentz.models import to_network
+    from latentz.train.batches import images_at
 
     torch.set_num_threads(1)
     baseline = {"rss_kib": status_kib("VmRSS"), "anon_kib": status_kib("RssAnon")}
@@ -97,9 +99,9 @@ def child(mode: str, folder: Path, size: int) -> dict:
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
     checksum = 0.0
     for start in range(0, len(order), BATCH):
-        checksum += float(to_float(images_at(data.train, order[start : start + BATCH])).mean())
+        checksum += float(to_network(images_at(data.train, order[start : start + BATCH])).mean())
     for start in range(0, len(data.val), 512):
-        checksum += float(to_float(images_at(data.val, slice(start, start + 512))).mean())
+        checksum += float(to_network(images_at(data.val, slice(start, start + 512))).mean())
     epoch_s = time.perf_counter() - started
     stop.set()
     sampler.join()

@@ -33,12 +33,12 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from examples_vae import ExamplesVAE, loss_function
 
-from latentz.commands.train import GREY_DEFAULTS
 from latentz.config import ModelConfig, TrainConfig
 from latentz.data import load_dataset
 from latentz.evaluation import evaluate
 from latentz.models import VAE, load_model
-from latentz.training import train
+from latentz.recipes import GREY_DEFAULTS
+from latentz.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = f"idx:{REPO.parent / 'shared' / 'data' / 'mnist' / 'mnist9k-images-idx3-ubyte.gz'}"

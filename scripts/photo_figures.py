@@ -18,8 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from latentz import imaging, metrics, runtime
-from latentz.bundle import training_val_fraction
-from latentz.data import load_dataset
+from latentz.data import load_bundle_split
 
 
 def luminance(images: np.ndarray) -> np.ndarray:
@@ -83,12 +82,12 @@ def main() -> None:
 
     model = runtime.load(args.model)
     card = model.info.card
-    images = load_dataset(
+    images = load_bundle_split(
+        model.info.path,
         card["data"],
-        split="val",
+        "val",
         image_size=model.config.image_size,
         channels=model.config.channels,
-        val_fraction=training_val_fraction(model.info.path),
     ).images
     files = [model.compress(image, quality=args.quality) for image in images]
     decoded = np.stack([model.decompress(data) for data in files])

@@ -139,7 +139,7 @@ def codec_bundles(tmp_path_factory: pytest.TempPathFactory, mnist_path: Path) ->
     Two, so that a file from one can be offered to the other. Trained once per test session.
     """
     from latentz.config import ModelConfig, TrainConfig
-    from latentz.training import train
+    from latentz.train import train
 
     model = ModelConfig(arch="conv", image_size=28, channels=1, latent_dim=6, widths=[8, 16], hidden=32)
     folders = []

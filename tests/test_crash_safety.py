@@ -24,19 +24,13 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from latentz import bundle
+from latentz import bundle, files
 from latentz.cli import app
 from latentz.config import ModelConfig, TrainConfig, from_dict, to_dict
 from latentz.models import load_model
-from latentz.training import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    TRAIN_CONFIG_FILE,
-    TrainingError,
-    load_checkpoint,
-    train,
-)
+from latentz.train import TrainingError, train
+from latentz.train.run_folder import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, TRAIN_CONFIG_FILE
+from latentz.train.snapshot import load_checkpoint
 
 #: A small model with a wide dense layer: 0.4M parameters make a ~5 MB checkpoint whose write
 #: (and fsync) takes long enough to be interrupted on purpose.
@@ -259,7 +253,7 @@ def test_no_space_for_a_checkpoint_is_reported_injected(
     tmp_path: Path, mnist_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ENOSPC injected at the checkpoint's write call, so CI machines without mount rights test it too."""
-    real_write = bundle.atomic_write_bytes
+    real_write = files.atomic_write_bytes
     writes = {"checkpoints": 0}
 
     def disk_full_on_second_checkpoint(path: str | Path, data: bytes) -> None:
@@ -269,7 +263,7 @@ def test_no_space_for_a_checkpoint_is_reported_injected(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(bundle, "atomic_write_bytes", disk_full_on_second_checkpoint)
+    monkeypatch.setattr(files, "atomic_write_bytes", disk_full_on_second_checkpoint)
     out = tmp_path / "run"
     flags = ["--limit", "64", "--epochs", "3", "--widths", "4,8", "--hidden", "16", "--latent-dim", "2",
              "--no-progress"]  # fmt: skip
@@ -286,9 +280,9 @@ def test_no_space_for_a_checkpoint_is_reported_injected(
 def test_no_space_at_the_start_is_refused_before_training(
     tmp_path: Path, mnist_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from latentz import training
+    from latentz.train import run_folder
 
-    monkeypatch.setattr(training, "FOLDER_SPACE_MARGIN_BYTES", 1 << 62)  # more than any disk has free
+    monkeypatch.setattr(run_folder, "FOLDER_SPACE_MARGIN_BYTES", 1 << 62)  # more than any disk has free
     result = CliRunner().invoke(
         app, ["train", "--data", f"idx:{mnist_path}", "-o", str(tmp_path / "run"), *FLAGS]
     )

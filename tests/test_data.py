@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from latentz import data
 from latentz.cli import app
-from latentz.data import DatasetError, load_dataset, split_indices, write_idx
+from latentz.data import DatasetError, load_dataset, named, split_indices, write_idx
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def no_default_roots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     root = tmp_path / "latentz-data"
     root.mkdir()
     monkeypatch.setenv("LATENTZ_DATA", str(root))
-    monkeypatch.setattr(data, "DEFAULT_ROOTS", [tmp_path / "cache", tmp_path / "system"])
+    monkeypatch.setattr(named, "DEFAULT_ROOTS", [tmp_path / "cache", tmp_path / "system"])
     return root
 
 
@@ -180,7 +180,7 @@ def test_default_search_path_covers_cache_system_and_shared(
     places = [str(path) for path in data.search_dirs("mnist")]
     assert str(tmp_path.parent / "shared" / "data" / "mnist") in places  # relative to the current dir
     assert (
-        str(Path(data.__file__).resolve().parents[3] / "shared" / "data" / "mnist") in places
+        str(Path(named.__file__).resolve().parents[4] / "shared" / "data" / "mnist") in places
     )  # to the repo
     assert str(Path("~/.cache/latentz/mnist").expanduser()) in places
     assert "/usr/share/datasets/mnist" in places

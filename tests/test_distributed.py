@@ -20,7 +20,8 @@ from latentz import bundle
 from latentz.config import ModelConfig, TrainConfig, from_dict
 from latentz.distributed import Context, ShardObjective
 from latentz.models import build_model
-from latentz.training import METRICS_FILE, TRAIN_CONFIG_FILE, train
+from latentz.train import train
+from latentz.train.run_folder import METRICS_FILE, TRAIN_CONFIG_FILE
 
 #: Largest allowed difference between a 2-process and a 1-process run. Only the order of float
 #: additions differs (gradients summed over two shards instead of one batch): measured 4e-7

@@ -14,9 +14,8 @@ from PIL import Image
 
 from latentz import folder_cache
 from latentz.config import ModelConfig, TrainConfig
-from latentz.data import DatasetError, load_dataset
+from latentz.data import DatasetError, load_dataset, load_training_data
 from latentz.folder_cache import ImageRows
-from latentz.training import load_training_data
 
 PHOTOS = 300
 SIZE = 16
@@ -135,14 +134,14 @@ def test_training_through_the_cache_sees_the_same_batches(photos: Path) -> None:
         warnings.simplefilter("ignore")
         in_ram = load_training_data(config)
         cached = load_training_data(config, lazy=True)
-    assert isinstance(in_ram.train, torch.Tensor) and isinstance(cached.train, ImageRows)
-    from latentz.training import images_at
+    assert isinstance(in_ram.train, np.ndarray) and isinstance(cached.train, ImageRows)
+    from latentz.train.batches import images_at
 
     order = torch.randperm(len(in_ram.train), generator=torch.Generator().manual_seed(0))
     for start in range(0, len(order), config.batch_size):
         index = order[start : start + config.batch_size]
-        assert torch.equal(images_at(cached.train, index), in_ram.train[index])
-    assert torch.equal(images_at(cached.val, slice(0, 16)), in_ram.val[:16])
+        assert torch.equal(images_at(cached.train, index), torch.from_numpy(in_ram.train[index.numpy()]))
+    assert torch.equal(images_at(cached.val, slice(0, 16)), torch.from_numpy(in_ram.val[:16]))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads Linux /proc/self/status")

@@ -10,9 +10,21 @@ import pytest
 import torch
 from torch import distributions as D
 
+from latentz import imaging
 from latentz.bundle import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from latentz.config import LIKELIHOODS, ConfigError, ModelConfig, to_dict
-from latentz.models import VAE, build_model, count_parameters, load_model, save_weights
+from latentz.evaluation import evaluate
+from latentz.models import (
+    VAE,
+    build_model,
+    count_parameters,
+    load_model,
+    posterior,
+    save_weights,
+    to_network,
+    to_uint8,
+)
+from latentz.objectives import elbo_terms
 
 SHAPES = {
     "conv-28x28x1": dict(arch="conv", image_size=28, channels=1, widths=[8, 16], hidden=32),
@@ -156,3 +168,57 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
     other = model.sample(4, generator=torch.Generator().manual_seed(8))
     assert first.shape == (4, 1, 28, 28)
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+# -- one objective, one image conversion, one posterior ---------------------------------------------
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian-learned"])
+def test_the_forward_pass_and_evaluation_take_their_terms_from_elbo_terms(likelihood: str) -> None:
+    """VAE.forward is elbo_terms with the global RNG's noise; `latentz eval`'s figures are the means
+    of elbo_terms with its seeded generator's noise (the shards are compared in test_distributed)."""
+    model = tiny_model("conv-28x28x1", likelihood)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    out = model(x, kl_weight=0.3)
+    torch.manual_seed(7)
+    terms = elbo_terms(model, x)
+    for key in ("recon", "kl", "neg_elbo"):
+        assert torch.equal(out[key], getattr(terms, key)), key
+    assert torch.equal(out["loss"], terms.loss(0.3).mean())
+
+    images = torch.randint(
+        0, 256, (6, 28, 28, 1), generator=torch.Generator().manual_seed(2), dtype=torch.uint8
+    )
+    results = evaluate(model, images.numpy(), seed=3)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        seeded = elbo_terms(
+            model.eval(),
+            torch.from_numpy(imaging.to_float_nchw(images.numpy())),
+            lambda mean: torch.randn(mean.shape, generator=generator),
+        )
+    assert results["recon_nats"] == pytest.approx(float(seeded.recon.double().mean()), rel=1e-12)
+    assert results["kl_nats"] == pytest.approx(float(seeded.kl.double().mean()), rel=1e-12)
+
+
+def test_training_and_onnx_inputs_are_the_same_floats_and_posterior_encodes_every_image() -> None:
+    """models.to_network and imaging.to_float_nchw give the same level / 255 (training keeps the
+    batch channels-last, the layout it has always used); to_uint8 rounds them back exactly."""
+    images = torch.randint(
+        0, 256, (5, 16, 16, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    batch = to_network(images)
+    assert batch.dtype == torch.float32 and batch.shape == (5, 3, 16, 16)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.from_numpy(imaging.to_float_nchw(images.numpy())))
+    assert (to_uint8(batch) == images.numpy()).all()
+
+    model = tiny_model("conv-64x64x3", "gaussian")
+    photos = torch.randint(
+        0, 256, (7, 64, 64, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
+    mean, logvar = posterior(model, photos.numpy(), batch_size=3)
+    with torch.no_grad():
+        expected_mean, expected_logvar = model.encode(to_network(photos))
+    assert mean.shape == logvar.shape == (7, 5)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logvar, expected_logvar, rtol=1e-5, atol=1e-6)

@@ -13,9 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from latentz import imaging, metrics, rd, runtime
-from latentz.bundle import training_val_fraction
 from latentz.cli import app
-from latentz.data import ImageSet, load_dataset
+from latentz.data import ImageSet, load_bundle_split
 
 RED_CARS = Path(__file__).resolve().parents[2] / "shared" / "data" / "red-cars"
 
@@ -29,12 +28,8 @@ def red_cars() -> Path:
 
 def held_out(model: runtime.ModelRuntime, folder: Path) -> ImageSet:
     """The bundle's validation split (the photos it never saw) at its training size."""
-    images = load_dataset(
-        f"folder:{folder}",
-        split="val",
-        image_size=model.config.image_size,
-        channels=3,
-        val_fraction=training_val_fraction(model.info.path),
+    images = load_bundle_split(
+        model.info.path, f"folder:{folder}", "val", image_size=model.config.image_size, channels=3
     )
     assert len(images) == model.info.card["n_val"]
     return images

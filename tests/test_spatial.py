@@ -12,7 +12,8 @@ from PIL import Image
 from latentz import bundle
 from latentz.config import ConfigError, ModelConfig, TrainConfig
 from latentz.models import VAE, build_model, load_model
-from latentz.training import random_crop, train
+from latentz.train import train
+from latentz.train.batches import random_crop
 
 
 def tiny_spatial(image_size: int = 64, stages: int = 4, likelihood: str = "gaussian-learned") -> VAE:

@@ -19,22 +19,16 @@ from typer.testing import CliRunner
 
 from latentz import bundle
 from latentz.cli import app
-from latentz.commands.train import build_config
 from latentz.config import ConfigError, ModelConfig, TrainConfig, replace
 from latentz.data import load_dataset
 from latentz.models import build_model, load_model
-from latentz.training import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    VAL_NOISE_SEED,
-    TrainingError,
-    augment_batch,
-    kl_weight_at,
-    load_checkpoint,
-    lr_at,
-    train,
-)
+from latentz.recipes import build_config, default_train_config, recipe_for
+from latentz.train import TrainingError, train
+from latentz.train.batches import augment_batch
+from latentz.train.run_folder import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE
+from latentz.train.schedules import kl_weight_at, lr_at
+from latentz.train.snapshot import load_checkpoint
+from latentz.train.validation import VAL_NOISE_SEED
 
 TINY = ModelConfig(arch="conv", image_size=28, channels=1, latent_dim=4, widths=[8, 16], hidden=32)
 TIMING_KEYS = {"images_per_s", "elapsed_s"}
@@ -329,6 +323,30 @@ def test_config_layers_defaults_file_and_flags(tmp_path: Path) -> None:
     assert photos.model.channels == 3 and photos.model.likelihood == "gaussian-learned"
     assert photos.model.image_size == 64
     assert photos.augment and not config.augment
+
+
+def test_recipes_are_library_data_the_command_line_only_layers(tmp_path: Path) -> None:
+    """What `latentz train --data SPEC` starts from is a TrainConfig a Python caller can build."""
+    grey = default_train_config("mnist")
+    assert grey == build_config("mnist", None, {}, {})
+    assert (grey.epochs, grey.batch_size, grey.model.arch, grey.model.likelihood) == (
+        30,
+        128,
+        "conv",
+        "bernoulli",
+    )
+    photos = default_train_config(f"folder:{tmp_path}", epochs=3, model={"latent_dim": 8})
+    assert photos == build_config(f"folder:{tmp_path}", None, {"epochs": 3}, {"latent_dim": 8})
+    assert (photos.model.arch, photos.model.latent_dim, photos.beta, photos.augment) == (
+        "spatial",
+        8,
+        2.0,
+        True,
+    )
+    assert photos.epochs == 3 and photos.model.image_size == 64
+    changed = recipe_for("mnist")
+    changed["model"]["latent_dim"] = 99  # a copy: the recipe itself stays as it was
+    assert default_train_config("mnist").model.latent_dim == 10
 
 
 def test_config_file_with_wrong_types_is_a_config_error(tmp_path: Path) -> None:

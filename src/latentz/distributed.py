@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from latentz.models import VAE
+from latentz.objectives import elbo_terms
 
 DEVICES = ("auto", "cpu", "cuda")
 #: How long a process waits for the others at a collective before the job fails. Rank 0 alone
@@ -181,7 +182,7 @@ class ShardObjective(nn.Module):
     evenly). The reparameterisation noise of the whole batch is drawn on every process from the
     same seeded global RNG and sliced, so each image gets the noise a one-process run gives it and
     every process's RNG stays in step: a checkpoint of any rank resumes at any world size.
-    This mirrors `VAE.forward` term for term; the distributed test compares the two.
+    The terms are `objectives.elbo_terms`, as in `VAE.forward`; the distributed test compares the two.
     """
 
     def __init__(self, vae: VAE, world_size: int) -> None:
@@ -191,11 +192,13 @@ class ShardObjective(nn.Module):
 
     def forward(self, shard: Tensor, start: int, batch: int, kl_weight: float) -> tuple[Tensor, Tensor]:
         """Returns (loss to backpropagate, detached sums of loss, -ELBO and KL over the shard)."""
-        mean, logvar = self.vae.encode(shard)
-        noise = torch.randn((batch, *mean.shape[1:]), dtype=mean.dtype)[start : start + len(shard)]
-        z = mean + noise.to(mean.device) * (0.5 * logvar).exp()
-        recon = -self.vae.log_likelihood(shard, self.vae.decode(z))
-        kl = self.vae.kl_divergence(mean, logvar)
-        per_image = recon + kl_weight * kl
-        sums = torch.stack([per_image.sum(), (recon + kl).sum(), kl.sum()]).detach()
+
+        def shard_noise(mean: Tensor) -> Tensor:
+            """The whole batch's noise from the global RNG, sliced to this shard's images."""
+            noise = torch.randn((batch, *mean.shape[1:]), dtype=mean.dtype)[start : start + len(shard)]
+            return noise.to(mean.device)
+
+        terms = elbo_terms(self.vae, shard, shard_noise)
+        per_image = terms.loss(kl_weight)
+        sums = torch.stack([per_image.sum(), terms.neg_elbo.sum(), terms.kl.sum()]).detach()
         return per_image.sum() * (self.world_size / batch), sums

@@ -1,5 +1,7 @@
 """Held-out evaluation of a VAE: likelihood bounds, bits/dim, reconstruction quality, active units.
 
+The ELBO's terms come from `latentz.objectives.elbo_terms`, the function training minimises.
+
 All figures are averages per image over the given images:
 
 - ``neg_elbo_nats`` = ``recon_nats`` + ``kl_nats``: the negative ELBO, estimated with ONE sample
@@ -32,6 +34,7 @@ from torch import Tensor
 
 from latentz import imaging, metrics
 from latentz.models import LOG_2PI, VAE
+from latentz.objectives import elbo_terms
 
 EVAL_BATCH = 256
 # Decoder evaluations per chunk in the IWAE loop: bounds memory whatever K is.
@@ -107,45 +110,19 @@ def evaluate(
     images = _check_images(vae, images_uint8)
     if iwae_samples is not None and iwae_samples < 1:
         raise ValueError(f"the IWAE bound needs at least 1 sample, got {iwae_samples}")
+    ssim_possible = vae.config.image_size >= metrics.SSIM_WINDOW
     was_training = vae.training
     vae.eval()
-    generator = torch.Generator().manual_seed(seed)
-    iwae_generator = torch.Generator().manual_seed(seed + 1)
-    sums = {"recon": 0.0, "kl": 0.0, "iwae": 0.0, "ssim": 0.0}
-    psnrs: list[np.ndarray] = []
-    means: list[np.ndarray] = []
-    image_side = vae.config.image_size
-    ssim_possible = image_side >= metrics.SSIM_WINDOW
     try:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            x = torch.from_numpy(imaging.to_float_nchw(batch))
-            mean, logvar = vae.encode(x)
-            z = mean + torch.randn(mean.shape, generator=generator) * torch.exp(0.5 * logvar)
-            sums["recon"] += float(-vae.log_likelihood(x, vae.decode(z)).double().sum())
-            sums["kl"] += float(vae.kl_divergence(mean, logvar).double().sum())
-            if iwae_samples is not None:
-                sums["iwae"] += float(iwae_bound(vae, x, mean, logvar, iwae_samples, iwae_generator).sum())
-            reconstruction = imaging.to_uint8_nhwc(vae.decode_mean(mean).numpy())
-            psnrs.append(metrics.psnr_per_image(batch, reconstruction))
-            if ssim_possible:
-                sums["ssim"] += metrics.ssim(batch, reconstruction) * len(batch)
-            means.append(mean.double().numpy())
+        sums, posterior_means = _sums(vae, images, iwae_samples, ssim_possible, seed, batch_size)
     finally:
         vae.train(was_training)
-
     count = len(images)
     num_pixels = vae.config.num_pixels
     likelihood = vae.config.likelihood
     recon = sums["recon"] / count
     kl = sums["kl"] / count
-    posterior_means = np.concatenate(means)
-    variances = posterior_means.var(axis=0)
-    results: dict[str, Any] = {
-        "neg_elbo_nats": recon + kl,
-        "recon_nats": recon,
-        "kl_nats": kl,
-    }
+    results: dict[str, Any] = {"neg_elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
     if iwae_samples is not None:
         results["iwae_nats"] = sums["iwae"] / count
         results["iwae_samples"] = iwae_samples
@@ -153,9 +130,9 @@ def evaluate(
     results.update(
         {
             "bits_per_dim": bits_per_dim(recon + kl, num_pixels, likelihood),
-            "psnr_db": float(np.mean(np.concatenate(psnrs))),
+            "psnr_db": sums["psnr"],
             "ssim": sums["ssim"] / count if ssim_possible else None,
-            "active_units": int(np.sum(variances > ACTIVE_UNIT_THRESHOLD)),
+            "active_units": int(np.sum(posterior_means.var(axis=0) > ACTIVE_UNIT_THRESHOLD)),
             "latent_dim": vae.config.latent_dim,
             "n_images": count,
             "likelihood": likelihood,
@@ -169,3 +146,31 @@ def evaluate(
         }
     )
     return results
+
+
+def _sums(
+    vae: VAE, images: np.ndarray, iwae_samples: int | None, ssim_possible: bool, seed: int, batch_size: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """Batch by batch: summed ELBO terms (`objectives.elbo_terms`), IWAE bounds and SSIM, the mean
+    per-image PSNR, and every image's posterior mean (for the active units)."""
+    generator = torch.Generator().manual_seed(seed)
+    iwae_generator = torch.Generator().manual_seed(seed + 1)
+    sums = {"recon": 0.0, "kl": 0.0, "iwae": 0.0, "ssim": 0.0}
+    psnrs: list[np.ndarray] = []
+    means: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        x = torch.from_numpy(imaging.to_float_nchw(batch))
+        terms = elbo_terms(vae, x, lambda mean: torch.randn(mean.shape, generator=generator))
+        sums["recon"] += float(terms.recon.double().sum())
+        sums["kl"] += float(terms.kl.double().sum())
+        if iwae_samples is not None:
+            sums["iwae"] += float(
+                iwae_bound(vae, x, terms.mean, terms.logvar, iwae_samples, iwae_generator).sum()
+            )
+        reconstruction = imaging.to_uint8_nhwc(vae.decode_mean(terms.mean).numpy())
+        psnrs.append(metrics.psnr_per_image(batch, reconstruction))
+        if ssim_possible:
+            sums["ssim"] += metrics.ssim(batch, reconstruction) * len(batch)
+        means.append(terms.mean.double().numpy())
+    return {**sums, "psnr": float(np.mean(np.concatenate(psnrs)))}, np.concatenate(means)

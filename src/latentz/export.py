@@ -22,11 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from latentz import bundle, codec
-from latentz.models import VAE, load_model
+from latentz.config import load_train_config
+from latentz.data import load_training_data
+from latentz.folder_cache import ImageRows
+from latentz.imaging import to_float_nchw
+from latentz.models import VAE, load_model, posterior
 
 OPSET = 18
 PARITY_IMAGES = 64
-POSTERIOR_BATCH = 256
 
 
 class _EncoderGraph(nn.Module):
@@ -117,22 +120,6 @@ def parity_check(vae: VAE, out_dir: str | Path, images: np.ndarray) -> dict[str,
     }
 
 
-@torch.no_grad()
-def posterior(
-    vae: VAE, images: np.ndarray, batch_size: int = POSTERIOR_BATCH
-) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means and stds (float64 numpy) of uint8 ``(N, H, W, C)`` images, in batches."""
-    from latentz.imaging import to_float_nchw
-
-    vae.eval()
-    means, stds = [], []
-    for start in range(0, len(images), batch_size):
-        mean, logvar = vae.encode(torch.from_numpy(to_float_nchw(images[start : start + batch_size])))
-        means.append(mean.double().numpy())
-        stds.append(torch.exp(0.5 * logvar).double().numpy())
-    return np.concatenate(means), np.concatenate(stds)
-
-
 def fit_entropy_model(
     means: np.ndarray, stds: np.ndarray, out_dir: Path, fitted_on: dict[str, Any]
 ) -> codec.EntropyModel:
@@ -145,19 +132,25 @@ def fit_entropy_model(
 def finish_bundle(
     vae: VAE,
     out_dir: Path,
-    train_images: np.ndarray,
-    val_images: np.ndarray,
-    data_note: dict[str, Any],
-    posterior_train: tuple[np.ndarray, np.ndarray] | None = None,
+    train_images: np.ndarray | ImageRows,
+    val_images: np.ndarray | ImageRows,
+    spec: str,
+    posterior_train: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Entropy model from the training images, ONNX files, and parity on validation images.
 
+    The one place a bundle is finished for torch-free use: at the end of training (which passes
+    the training posteriors it has just computed, ``(mean, logvar)``) and by `latentz export`.
     Returns the card fields describing them (the caller writes the card).
     """
-    from latentz.imaging import to_float_nchw
-
-    means, stds = posterior_train if posterior_train is not None else posterior(vae, train_images)
-    entropy = fit_entropy_model(means, stds, out_dir, data_note)
+    vae.eval()
+    mean, logvar = posterior_train if posterior_train is not None else posterior(vae, train_images)
+    entropy = fit_entropy_model(
+        mean.double().numpy(),
+        (0.5 * logvar).exp().double().numpy(),
+        out_dir,
+        {"data": spec, "split": "train", "n_images": len(train_images)},
+    )
     export_onnx(vae, out_dir)
     parity = parity_check(vae, out_dir, to_float_nchw(val_images[:PARITY_IMAGES]))
     return {
@@ -168,22 +161,13 @@ def finish_bundle(
 
 def export_bundle(model: str | Path) -> dict[str, Any]:
     """`latentz export`: finish a bundle in place, refitting on the run's own training split."""
-    from latentz.config import load_train_config
-    from latentz.training import TRAIN_CONFIG_FILE, load_training_data
-
     path = bundle.resolve_bundle(model)
-    config_path = path / TRAIN_CONFIG_FILE
+    config_path = path / bundle.TRAIN_CONFIG_FILE
     if not config_path.is_file():
         raise ValueError(
-            f"{path} has no {TRAIN_CONFIG_FILE}; the entropy model is fitted on the training split"
+            f"{path} has no {bundle.TRAIN_CONFIG_FILE}; the entropy model is fitted on the training split"
         )
     data = load_training_data(load_train_config(config_path))
-    fields = finish_bundle(
-        load_model(path), path, data.train.numpy(), data.val.numpy(), entropy_note(data.spec, len(data.train))
-    )
+    fields = finish_bundle(load_model(path), path, data.train, data.val, data.spec)
     bundle.update_card(path, **fields)
     return fields
-
-
-def entropy_note(spec: str, n_images: int) -> dict[str, Any]:
-    return {"data": spec, "split": "train", "n_images": n_images}

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from latentz import imaging
+from latentz.files import atomic_write_bytes
 
 CACHE_FORMAT = 1
 CACHE_ENV = "LATENTZ_CACHE"
@@ -243,7 +244,7 @@ def build_cache(
             "errors": errors,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _atomic_write(index_path, json.dumps(index).encode())
+        atomic_write_bytes(index_path, json.dumps(index).encode())
     except OSError as error:
         Path(partial).unlink(missing_ok=True)
         raise _cache_write_error(root, error) from None
@@ -286,19 +287,6 @@ def _cache_write_error(root: Path, error: OSError) -> CacheError:
         f"cannot write the image cache in {root} ({error.strerror or error}); free some space or set "
         f"{CACHE_ENV} to a writable folder with room"
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
 
 
 def _delete_replaced(root: Path, key: str, directory: Path, size: int, channels: int) -> None:

@@ -150,8 +150,12 @@ def load_array(source: str | Path | bytes, size: int | None, channels: int) -> n
     return to_array(open_image(source), size, channels)
 
 
-def to_float_nchw(images: np.ndarray) -> np.ndarray:
-    """uint8 ``(N, H, W, C)`` or ``(H, W, C)`` -> float32 ``(N, C, H, W)`` in ``[0, 1]`` for a network."""
+def to_float_nhwc(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` or ``(H, W, C)`` -> float32 ``(N, H, W, C)`` in ``[0, 1]``, level / 255.
+
+    The one place 8-bit levels become a network's floats; `to_float_nchw` and training's batches
+    (a channels-last view of this, `latentz.models.to_network`) both come from it.
+    """
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise ImageError(f"expected uint8 images, got {images.dtype}")
@@ -159,7 +163,19 @@ def to_float_nchw(images: np.ndarray) -> np.ndarray:
         images = images[None]
     if images.ndim != 4:
         raise ImageError(f"expected (N, H, W, C) or (H, W, C) images, got shape {images.shape}")
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+    scaled = images.astype(np.float32)
+    scaled /= np.float32(255.0)
+    return scaled
+
+
+def to_float_nchw(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` or ``(H, W, C)`` -> float32 ``(N, C, H, W)`` in ``[0, 1]`` for a network.
+
+    A fresh C-order copy with plain strides even for one channel (where numpy would call the
+    transposed view contiguous already): torch reads such a view as channels-last and convolves
+    it by another algorithm, which changes the last bits.
+    """
+    return to_float_nhwc(images).transpose(0, 3, 1, 2).copy()
 
 
 def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:

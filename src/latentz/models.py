@@ -13,18 +13,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from latentz import files, imaging, objectives
 from latentz.bundle import CONFIG_FILE, WEIGHTS_FILE, resolve_bundle
 from latentz.config import ModelConfig, load_model_config
+from latentz.folder_cache import ImageRows
 
 LOG_2PI = math.log(2 * math.pi)
 LEAKY_SLOPE = 0.2
 #: Initial posterior log-variance of spatial models (std ~0.22 instead of 1): with unit noise on
 #: every latent element the decoder first sees mostly noise and learning stalls for epochs.
 SPATIAL_LOGVAR_INIT = -3.0
+#: Images per forward pass when encoding a whole data set. Training's bundle and `latentz export`
+#: both encode this way, so an export refits exactly the entropy model training wrote.
+POSTERIOR_BATCH = 512
 
 
 class ConvEncoder(nn.Module):
@@ -221,23 +227,23 @@ class VAE(nn.Module):
     @staticmethod
     def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
         """KL(q(z|x) || N(0, I)) per image, in nats, summed over every latent element. Shape (N,)."""
-        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
+        return objectives.gaussian_kl(mean, logvar).flatten(1).sum(1)
 
     @staticmethod
     def reparameterize(mean: Tensor, logvar: Tensor) -> Tensor:
-        return mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        return objectives.reparameterize(mean, logvar)
 
     def forward(self, x: Tensor, kl_weight: float = 1.0) -> dict[str, Tensor]:
-        """One Monte-Carlo ELBO estimate. ``loss`` is the batch mean of recon + kl_weight * KL."""
-        mean, logvar = self.encode(x)
-        out = self.decode(self.reparameterize(mean, logvar))
-        recon = -self.log_likelihood(x, out)
-        kl = self.kl_divergence(mean, logvar)
+        """One Monte-Carlo ELBO estimate (`objectives.elbo_terms`, noise from the global RNG).
+
+        ``loss`` is the batch mean of recon + kl_weight * KL; the rest are per image, detached.
+        """
+        terms = objectives.elbo_terms(self, x)
         return {
-            "loss": (recon + kl_weight * kl).mean(),
-            "recon": recon.detach(),
-            "kl": kl.detach(),
-            "neg_elbo": (recon + kl).detach(),
+            "loss": terms.loss(kl_weight).mean(),
+            "recon": terms.recon.detach(),
+            "kl": terms.kl.detach(),
+            "neg_elbo": terms.neg_elbo.detach(),
         }
 
     @torch.no_grad()
@@ -254,6 +260,38 @@ def crop_to(out: Tensor, x: Tensor) -> Tensor:
     return out
 
 
+# -- images in and out of the networks --------------------------------------------------------
+def to_network(images: np.ndarray | Tensor) -> Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1] (`imaging.to_float_nhwc`), on the CPU.
+
+    A channels-last view rather than a contiguous copy: the memory layout every bundle so far was
+    trained, validated and summarised with (convolutions on a contiguous copy of a colour batch
+    agree only to the last bits, so a copy would move every photo run's weights).
+    """
+    return torch.from_numpy(imaging.to_float_nhwc(np.asarray(images))).permute(0, 3, 1, 2)
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C), rounded like every other tool here."""
+    return imaging.to_uint8_nhwc(images.detach().cpu().numpy())
+
+
+@torch.no_grad()
+def posterior(
+    vae: VAE, images: np.ndarray | ImageRows, batch_size: int = POSTERIOR_BATCH
+) -> tuple[Tensor, Tensor]:
+    """The posterior's means and log-variances for uint8 (N, H, W, C) images, encoded in batches.
+
+    What the card's latent statistics and the codec's entropy model are computed from.
+    """
+    means, logvars = [], []
+    for start in range(0, len(images), batch_size):
+        mean, logvar = vae.encode(to_network(images[start : start + batch_size]))
+        means.append(mean)
+        logvars.append(logvar)
+    return torch.cat(means), torch.cat(logvars)
+
+
 def build_model(config: ModelConfig) -> VAE:
     return VAE(config)
 
@@ -266,10 +304,8 @@ def save_weights(model: VAE, path: str | Path) -> None:
     """Save weights as safetensors, atomically (write then rename)."""
     from safetensors.torch import save
 
-    from latentz.bundle import atomic_write_bytes
-
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(state))
+    files.atomic_write_bytes(path, save(state))
 
 
 def load_model(model: str | Path) -> VAE:

@@ -57,7 +57,7 @@ def _mosaic(tiles: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 def _save(figure: Figure, out: Path) -> Path:
     """Render to memory, then write atomically, so a reader never sees half a PNG."""
-    from latentz.bundle import atomic_write_bytes
+    from latentz.files import atomic_write_bytes
 
     out = Path(out)
     FigureCanvasAgg(figure)

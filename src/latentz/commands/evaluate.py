@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from latentz.bundle import TRAIN_CONFIG_FILE, BundleInfo, sha256_file, training_val_fraction
+from latentz.bundle import TRAIN_CONFIG_FILE, BundleInfo, training_val_fraction
+from latentz.files import sha256_file
+
+if TYPE_CHECKING:
+    from latentz.data import ImageSet
 
 
 def _fail(message: str) -> typer.Exit:
@@ -100,96 +104,105 @@ def choose_split(split: str | None, data: str | None, info: BundleInfo) -> tuple
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
-    def eval_command(
-        model: str = typer.Argument(..., help="Bundle name or folder."),
-        data: str | None = typer.Option(
-            None,
-            "--data",
-            help="Data spec (mnist, fashion-mnist, idx:PATH, folder:DIR); default: the model's.",
-        ),
-        split: str | None = typer.Option(
-            None,
-            "--split",
-            help="train, val, test or all. Default: the images the model never saw when --data is "
-            "its own training data (or is not given), else all of --data.",
-        ),
-        iwae: int | None = typer.Option(
-            None, "--iwae", min=1, help="Also compute the IWAE bound with K importance samples."
-        ),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo estimates."),
-        as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
-    ) -> None:
-        """Evaluate a model: negative ELBO (+ IWAE), bits/dim, PSNR, SSIM and active units per image."""
-        from latentz.commands.train import missing_training_modules
+    app.command("eval")(eval_command)
 
-        problem = missing_training_modules("latentz eval", {"torch": "to run the model's weights"})
-        if problem:
-            raise _fail(f"{problem}.")
-        from latentz.bundle import BundleError, read_bundle
-        from latentz.config import ConfigError
-        from latentz.data import DatasetError, load_dataset
 
-        try:
-            info = read_bundle(model)
-        except (BundleError, ConfigError, OSError, ValueError) as error:
-            raise _fail(str(error)) from None
-        weights = info.path / "weights.safetensors"
-        if not weights.is_file():
-            raise _fail(f"{info.path} has no weights.safetensors, and evaluation needs the torch weights.")
-        if info.fingerprint and sha256_file(weights) != info.fingerprint:
-            raise _fail(
-                f"{weights} does not match the fingerprint in its card.json: the file is damaged or was "
-                "replaced."
-            )
-        spec = data or info.card.get("data")
-        if not spec:
-            raise _fail(
-                f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC."
-            )
-        split, reason = choose_split(split, data, info)
-        config = info.config
-        try:
-            images = load_dataset(
-                spec,
-                split=split,
-                image_size=config.image_size,
-                channels=config.channels,
-                val_fraction=training_val_fraction(info.path),
-                limit=limit,
-            )
-        except DatasetError as error:
-            if data is None:  # the card's spec, often a path relative to where training ran
-                raise _fail(
-                    f"{error}. That data spec comes from {info.name}'s card ({info.path / 'card.json'}), "
-                    f"read from {Path.cwd()}; pass --data SPEC to say where the images are."
-                ) from None
-            raise _fail(str(error)) from None
-        if len(images) == 0:
-            raise _fail(f"the {split} split of {spec} holds no images; try --split all.")
+def eval_command(
+    model: str = typer.Argument(..., help="Bundle name or folder."),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Data spec (mnist, fashion-mnist, idx:PATH, folder:DIR); default: the model's.",
+    ),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="train, val, test or all. Default: the images the model never saw when --data is "
+        "its own training data (or is not given), else all of --data.",
+    ),
+    iwae: int | None = typer.Option(
+        None, "--iwae", min=1, help="Also compute the IWAE bound with K importance samples."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo estimates."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+) -> None:
+    """Evaluate a model: negative ELBO (+ IWAE), bits/dim, PSNR, SSIM and active units per image."""
+    from latentz.commands.train import missing_training_modules
 
-        from latentz.evaluation import evaluate
-        from latentz.models import load_model
-
-        try:
-            vae = load_model(info.path)
-        except (RuntimeError, OSError, ValueError) as error:
-            raise _fail(f"the weights of {info.path} could not be loaded ({error}).") from None
-        results = evaluate(vae, images.images, iwae_samples=iwae, seed=seed)
-        results.update(
-            {
-                "data": spec,
-                "split": split,
-                "split_note": images.source_note,
-                "split_reason": reason,
-                "model": info.name,
-            }
+    problem = missing_training_modules("latentz eval", {"torch": "to run the model's weights"})
+    if problem:
+        raise _fail(f"{problem}.")
+    info = _checked_bundle(model)
+    spec = data or info.card.get("data")
+    if not spec:
+        raise _fail(
+            f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC."
         )
-        if as_json:
-            typer.echo(json.dumps({key: _json_safe(value) for key, value in results.items()}))
-            return
-        _print_table(results)
+    split, reason = choose_split(split, data, info)
+    images = _images(info, spec, split, limit, from_card=data is None)
+
+    from latentz.evaluation import evaluate
+    from latentz.models import load_model
+
+    try:
+        vae = load_model(info.path)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise _fail(f"the weights of {info.path} could not be loaded ({error}).") from None
+    results = evaluate(vae, images.images, iwae_samples=iwae, seed=seed)
+    results.update(
+        {
+            "data": spec,
+            "split": split,
+            "split_note": images.source_note,
+            "split_reason": reason,
+            "model": info.name,
+        }
+    )
+    if as_json:
+        typer.echo(json.dumps({key: _json_safe(value) for key, value in results.items()}))
+        return
+    _print_table(results)
+
+
+def _checked_bundle(model: str) -> BundleInfo:
+    """The bundle, with weights that are there and match the fingerprint in its card."""
+    from latentz.bundle import BundleError, read_bundle
+    from latentz.config import ConfigError
+
+    try:
+        info = read_bundle(model)
+    except (BundleError, ConfigError, OSError, ValueError) as error:
+        raise _fail(str(error)) from None
+    weights = info.path / "weights.safetensors"
+    if not weights.is_file():
+        raise _fail(f"{info.path} has no weights.safetensors, and evaluation needs the torch weights.")
+    if info.fingerprint and sha256_file(weights) != info.fingerprint:
+        raise _fail(
+            f"{weights} does not match the fingerprint in its card.json: the file is damaged or was replaced."
+        )
+    return info
+
+
+def _images(info: BundleInfo, spec: str, split: str, limit: int | None, *, from_card: bool) -> ImageSet:
+    """The images to evaluate, drawn as the bundle drew its split (`data.load_bundle_split`)."""
+    from latentz.data import DatasetError, load_bundle_split
+
+    config = info.config
+    try:
+        images = load_bundle_split(
+            info.path, spec, split, image_size=config.image_size, channels=config.channels, limit=limit
+        )
+    except DatasetError as error:
+        if from_card:  # the card's spec, often a path relative to where training ran
+            raise _fail(
+                f"{error}. That data spec comes from {info.name}'s card ({info.path / 'card.json'}), "
+                f"read from {Path.cwd()}; pass --data SPEC to say where the images are."
+            ) from None
+        raise _fail(str(error)) from None
+    if len(images) == 0:
+        raise _fail(f"the {split} split of {spec} holds no images; try --split all.")
+    return images
 
 
 def _print_table(results: dict[str, Any]) -> None:

@@ -30,18 +30,16 @@ def _parse_qualities(text: str | None, default: tuple[int, ...]) -> tuple[int, .
 
 
 def _own_size_images(
-    images: ImageSet, split: str, channels: int, limit: int | None, val_fraction: float
+    images: ImageSet, bundle: Path, split: str, channels: int, limit: int | None
 ) -> list[np.ndarray]:
     """The same images as ``images`` (the same split, the same files), each at its own size: photos
     read again whole, IDX images at their native size."""
     from latentz import imaging
-    from latentz.data import load_dataset
+    from latentz.data import load_bundle_split
 
     if images.files:
         return [imaging.load_array(path, None, channels) for path in images.files]
-    native = load_dataset(
-        images.spec, split=split, image_size=None, channels=channels, val_fraction=val_fraction, limit=limit
-    )
+    native = load_bundle_split(bundle, images.spec, split, image_size=None, channels=channels, limit=limit)
     return list(native.images)
 
 
@@ -86,8 +84,8 @@ def register(app: typer.Typer) -> None:
         """
         from latentz import rd
         from latentz import runtime as rt
-        from latentz.bundle import atomic_write_json, training_val_fraction
-        from latentz.data import load_dataset
+        from latentz.bundle import atomic_write_json
+        from latentz.data import load_bundle_split
         from latentz.plots import plot_rd
 
         latentz_qualities = _parse_qualities(qualities, rd.LATENTZ_QUALITIES)
@@ -105,19 +103,18 @@ def register(app: typer.Typer) -> None:
                 spec, origin = data, data
             else:
                 spec, origin = rd.card_data_spec(runtime.info)
-            val_fraction = training_val_fraction(runtime.info.path)
-            images = load_dataset(
+            images = load_bundle_split(
+                runtime.info.path,
                 spec,
-                split=split,
+                split,
                 image_size=image_size or config.image_size,
                 channels=config.channels,
-                val_fraction=val_fraction,
                 limit=limit,
             )
             if len(images) == 0:
                 raise ValueError(f"the {split} split of {spec} holds no images")
             measured = (
-                _own_size_images(images, split, config.channels, limit, val_fraction)
+                _own_size_images(images, runtime.info.path, split, config.channels, limit)
                 if own_size
                 else images.images
             )

@@ -1,8 +1,8 @@
 """`latentz train`: train a VAE on a data set and write a model bundle.
 
-Settings come from three layers, later ones winning: defaults chosen from the kind of data (grey
-digits or colour photos), an optional ``--config`` JSON file (a full or partial TrainConfig), and
-the command-line flags.
+Settings come from three layers, later ones winning: the recipe for the kind of data (grey digits
+or colour photos, `latentz.recipes`), an optional ``--config`` JSON file (a full or partial
+TrainConfig), and the command-line flags.
 
 Under torchrun (``torchrun --nproc-per-node N -m latentz train ...``) every process runs this
 command; rank 0 builds the configuration (it alone may see the run folder when resuming on several
@@ -14,55 +14,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 
-from latentz.config import LIKELIHOODS, LR_SCHEDULES, ConfigError, TrainConfig, from_dict
-
-#: Grey data sets (MNIST-like IDX files): small conv model, Bernoulli pixels, 28x28.
-GREY_DEFAULTS: dict[str, Any] = {
-    "epochs": 30,
-    "batch_size": 128,
-    "model": {
-        "arch": "conv",
-        "image_size": 28,
-        "channels": 1,
-        "latent_dim": 10,
-        "widths": [32, 64],
-        "hidden": 256,
-        "likelihood": "bernoulli",
-        "scale": 0.1,
-    },
-}
-#: Photo folders: the codec recipe measured in docs/photo-models.md. A fully convolutional VAE
-#: (three stride-2 stages, 32 latent channels per 8x8 pixels) with a learned Gaussian pixel scale;
-#: batches of 2 because on a CPU budget the number of steps, not the batch, limits quality; beta 2
-#: puts the model where it beats WebP; augmentation because a thousand photos overfit without it.
-#: `--arch conv --widths 32,64,128,256 --batch-size 32` gives a global-latent model for sliders.
-PHOTO_DEFAULTS: dict[str, Any] = {
-    "epochs": 100,
-    "batch_size": 2,
-    "lr": 1e-3,
-    "beta": 2.0,
-    "kl_warmup_epochs": 2,
-    "augment": True,
-    "model": {
-        "arch": "spatial",
-        "image_size": 64,
-        "channels": 3,
-        "latent_dim": 32,
-        "widths": [64, 64, 64],
-        "hidden": 512,
-        "likelihood": "gaussian-learned",
-        "scale": 0.1,
-    },
-}
-
-
-#: Written by latentz.training into every run folder (named here to keep --help free of torch).
-SAVED_CONFIG_FILE = "train_config.json"
+from latentz.bundle import CARD_FILE, TRAIN_CONFIG_FILE
+from latentz.config import LIKELIHOODS, LR_SCHEDULES, ConfigError, TrainConfig
+from latentz.recipes import build_config, read_config_file
 
 #: What training imports beyond the base install, and what for: the base install serves and codes
 #: without any of them, so a user may well have none.
@@ -100,11 +60,6 @@ def missing_training_modules(
     )
 
 
-def is_photo_spec(spec: str) -> bool:
-    """Folders of photos get colour defaults; everything else (IDX digit/fashion files) grey ones."""
-    return spec.startswith("folder:") or Path(spec).expanduser().is_dir()
-
-
 def parse_widths(text: str) -> list[int]:
     try:
         widths = [int(part) for part in text.replace(" ", "").split(",") if part]
@@ -115,229 +70,179 @@ def parse_widths(text: str) -> list[int]:
     return widths
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"the config file {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"the config file {path} is not readable JSON ({error}).") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
-        raise ConfigError(
-            f"the config file {path} must hold a JSON object (a TrainConfig, its 'model' an object too)."
-        )
-    return data
-
-
-def build_config(
-    data: str | None,
-    config_file: Path | None,
-    run_flags: dict[str, Any],
-    model_flags: dict[str, Any],
-    base: dict[str, Any] | None = None,
-) -> TrainConfig:
-    """Merge defaults < config file < flags into a validated TrainConfig.
-
-    The defaults are ``base`` when given (a resumed run's saved config, so ``--resume`` needs no
-    other flags) and otherwise depend on the kind of data.
-    """
-    from_file = _read_config_file(config_file) if config_file else {}
-    spec = data or from_file.get("data") or (base or {}).get("data")
-    if not spec:
-        raise ConfigError(
-            "no data set was given: pass --data SPEC (mnist, fashion-mnist, idx:PATH or folder:DIR) or "
-            "set 'data' in the --config file."
-        )
-    kind_defaults = PHOTO_DEFAULTS if is_photo_spec(str(spec)) else GREY_DEFAULTS
-    defaults = base if base is not None else kind_defaults
-    merged: dict[str, Any] = {
-        **defaults,
-        **{k: v for k, v in from_file.items() if k != "model"},
-        "data": spec,
-    }
-    merged["model"] = {**defaults["model"], **from_file.get("model", {})}
-    merged.update({k: v for k, v in run_flags.items() if v is not None})
-    merged["model"].update({k: v for k, v in model_flags.items() if v is not None})
-    try:
-        return from_dict(TrainConfig, merged)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:  # a value of the wrong JSON type, e.g. "widths": "abc"
-        raise ConfigError(f"the config file or the flags give an invalid configuration: {error}") from None
-
-
 def register(app: typer.Typer) -> None:
-    @app.command("train")
-    def train_command(
-        data: str = typer.Option(
-            None,
-            "--data",
-            "-d",
-            help="Data set: mnist, fashion-mnist, idx:PATH, "
-            "folder:DIR (photos). May come from --config instead.",
-        ),
-        out: Path = typer.Option(..., "--out", "-o", help="Output folder; it becomes the model bundle."),
-        config_file: Path = typer.Option(
-            None, "--config", help="TrainConfig JSON (full or partial); flags override it."
-        ),
-        arch: str = typer.Option(
-            None,
-            "--arch",
-            help="spatial (fully convolutional, any image size; the photo codec), "
-            "conv (one global latent vector; sliders and sampling) or mlp.",
-        ),
-        image_size: int = typer.Option(
-            None, "--image-size", help="Square image side the model sees (grey default 28, photos 64)."
-        ),
-        channels: int = typer.Option(None, "--channels", help="1 (grey) or 3 (RGB)."),
-        latent_dim: int = typer.Option(
-            None,
-            "--latent-dim",
-            help="Latent dimensions (default 10 grey); for photos latent channels per cell (32).",
-        ),
-        widths: str = typer.Option(
-            None,
-            "--widths",
-            help="Conv stage channels (or MLP layer sizes), "
-            "e.g. 32,64. A conv model needs image size divisible by 2^stages.",
-        ),
-        hidden: int = typer.Option(None, "--hidden", help="Width of the conv model's dense layer."),
-        likelihood: str = typer.Option(
-            None, "--likelihood", help=f"Pixel likelihood: {', '.join(LIKELIHOODS)}."
-        ),
-        scale: float = typer.Option(
-            None,
-            "--scale",
-            help="Pixel std (gaussian) or diversity (laplace) in "
-            "[0,1] pixel units; the starting value for gaussian-learned.",
-        ),
-        epochs: int = typer.Option(
-            None, "--epochs", help="Passes over the training split (default 30 grey, 100 photos)."
-        ),
-        batch_size: int = typer.Option(
-            None, "--batch-size", help="Images per optimisation step (default 128 grey, 2 photos)."
-        ),
-        lr: float = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
-        lr_schedule: str = typer.Option(
-            None,
-            "--lr-schedule",
-            help=f"{' or '.join(LR_SCHEDULES)}: cosine "
-            "decays to lr/10 over the run; constant allows extending a run.",
-        ),
-        beta: float = typer.Option(
-            None,
-            "--beta",
-            help="Weight of the KL term while training. 1 = the true "
-            "ELBO; <1 sharper reconstructions, blurrier samples; >1 a smoother, "
-            "more disentangled latent; for a codec the rate knob (higher = smaller files; "
-            "default 1, photos 2). Reported metrics always use beta = 1.",
-        ),
-        kl_warmup: int = typer.Option(
-            None,
-            "--kl-warmup",
-            help="Epochs over which the KL weight ramps "
-            "from 0 to beta (0 = no warm-up); helps against unused latents.",
-        ),
-        val_fraction: float = typer.Option(
-            None, "--val-fraction", help="Share of images held out for validation (default 0.1)."
-        ),
-        seed: int = typer.Option(None, "--seed", help="Seed for initialisation, shuffling and noise."),
-        augment: bool = typer.Option(
-            None,
-            "--augment/--no-augment",
-            help="Random flips, small shifts, colour jitter (default on for photo folders, off for digits).",
-        ),
-        crop_size: int = typer.Option(
-            None,
-            "--crop-size",
-            help="Spatial models: train on random crops of this side (validation uses whole images).",
-        ),
-        limit: int = typer.Option(
-            None,
-            "--limit",
-            help="Use at most N training images (validation shrinks in proportion); quick runs.",
-        ),
-        resume: bool = typer.Option(
-            False,
-            "--resume",
-            help="Continue the run in --out from its checkpoint with "
-            "its saved settings (--epochs may grow if it used --lr-schedule constant).",
-        ),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or epoch lines."),
-        device: str = typer.Option(
-            "auto",
-            "--device",
-            help="auto (a CUDA GPU when there is one, else the CPU), cpu or cuda. Under torchrun each "
-            "process takes the GPU of its local rank.",
-        ),
-    ) -> None:
-        """Train a VAE and write a model bundle (weights, config, card, plots) into --out."""
-        problem = missing_training_modules("latentz train")
-        if problem:
-            _fail(f"{problem}. Nothing was trained.")
-        run_flags = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "lr_schedule": lr_schedule,
-            "beta": beta,
-            "kl_warmup_epochs": kl_warmup,
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "augment": augment,
-            "max_train_images": limit,
-            "crop_size": crop_size,
-        }
-        model_flags = {
-            "arch": arch,
-            "image_size": image_size,
-            "channels": channels,
-            "latent_dim": latent_dim,
-            "widths": parse_widths(widths) if widths is not None else None,
-            "hidden": hidden,
-            "likelihood": likelihood,
-            "scale": scale,
-        }
+    app.command("train")(train_command)
 
-        def configure() -> TrainConfig:
-            saved = out / SAVED_CONFIG_FILE
-            base = _read_config_file(saved) if resume and saved.is_file() else None
-            return build_config(data, config_file, run_flags, model_flags, base)
 
-        from latentz import distributed
-        from latentz.data import DatasetError
-        from latentz.training import TrainingError, default_command, train
+def train_command(
+    data: str = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="Data set: mnist, fashion-mnist, idx:PATH, folder:DIR (photos). May come from --config instead.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; it becomes the model bundle."),
+    config_file: Path = typer.Option(
+        None, "--config", help="TrainConfig JSON (full or partial); flags override it."
+    ),
+    arch: str = typer.Option(
+        None,
+        "--arch",
+        help="spatial (fully convolutional, any image size; the photo codec), "
+        "conv (one global latent vector; sliders and sampling) or mlp.",
+    ),
+    image_size: int = typer.Option(
+        None, "--image-size", help="Square image side the model sees (grey default 28, photos 64)."
+    ),
+    channels: int = typer.Option(None, "--channels", help="1 (grey) or 3 (RGB)."),
+    latent_dim: int = typer.Option(
+        None,
+        "--latent-dim",
+        help="Latent dimensions (default 10 grey); for photos latent channels per cell (32).",
+    ),
+    widths: str = typer.Option(
+        None,
+        "--widths",
+        help="Conv stage channels (or MLP layer sizes), "
+        "e.g. 32,64. A conv model needs image size divisible by 2^stages.",
+    ),
+    hidden: int = typer.Option(None, "--hidden", help="Width of the conv model's dense layer."),
+    likelihood: str = typer.Option(None, "--likelihood", help=f"Pixel likelihood: {', '.join(LIKELIHOODS)}."),
+    scale: float = typer.Option(
+        None,
+        "--scale",
+        help="Pixel std (gaussian) or diversity (laplace) in "
+        "[0,1] pixel units; the starting value for gaussian-learned.",
+    ),
+    epochs: int = typer.Option(
+        None, "--epochs", help="Passes over the training split (default 30 grey, 100 photos)."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Images per optimisation step (default 128 grey, 2 photos)."
+    ),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
+    lr_schedule: str = typer.Option(
+        None,
+        "--lr-schedule",
+        help=f"{' or '.join(LR_SCHEDULES)}: cosine "
+        "decays to lr/10 over the run; constant allows extending a run.",
+    ),
+    beta: float = typer.Option(
+        None,
+        "--beta",
+        help="Weight of the KL term while training. 1 = the true "
+        "ELBO; <1 sharper reconstructions, blurrier samples; >1 a smoother, "
+        "more disentangled latent; for a codec the rate knob (higher = smaller files; "
+        "default 1, photos 2). Reported metrics always use beta = 1.",
+    ),
+    kl_warmup: int = typer.Option(
+        None,
+        "--kl-warmup",
+        help="Epochs over which the KL weight ramps "
+        "from 0 to beta (0 = no warm-up); helps against unused latents.",
+    ),
+    val_fraction: float = typer.Option(
+        None, "--val-fraction", help="Share of images held out for validation (default 0.1)."
+    ),
+    seed: int = typer.Option(None, "--seed", help="Seed for initialisation, shuffling and noise."),
+    augment: bool = typer.Option(
+        None,
+        "--augment/--no-augment",
+        help="Random flips, small shifts, colour jitter (default on for photo folders, off for digits).",
+    ),
+    crop_size: int = typer.Option(
+        None,
+        "--crop-size",
+        help="Spatial models: train on random crops of this side (validation uses whole images).",
+    ),
+    limit: int = typer.Option(
+        None,
+        "--limit",
+        help="Use at most N training images (validation shrinks in proportion); quick runs.",
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its checkpoint with "
+        "its saved settings (--epochs may grow if it used --lr-schedule constant).",
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar or epoch lines."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (a CUDA GPU when there is one, else the CPU), cpu or cuda. Under torchrun each "
+        "process takes the GPU of its local rank.",
+    ),
+) -> None:
+    """Train a VAE and write a model bundle (weights, config, card, plots) into --out."""
+    problem = missing_training_modules("latentz train")
+    if problem:
+        _fail(f"{problem}. Nothing was trained.")
+    run_flags = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lr_schedule": lr_schedule,
+        "beta": beta,
+        "kl_warmup_epochs": kl_warmup,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "augment": augment,
+        "max_train_images": limit,
+        "crop_size": crop_size,
+    }
+    model_flags = {
+        "arch": arch,
+        "image_size": image_size,
+        "channels": channels,
+        "latent_dim": latent_dim,
+        "widths": parse_widths(widths) if widths is not None else None,
+        "hidden": hidden,
+        "likelihood": likelihood,
+        "scale": scale,
+    }
 
-        try:
-            with distributed.session(device) as context:
-                config = context.run_on_main(configure)
-                bundle_dir = train(
-                    config,
-                    out,
-                    resume=resume,
-                    command=default_command(),
-                    progress=not no_progress,
-                    device=device,
-                )
-        except (ConfigError, DatasetError, TrainingError, distributed.DistributedError) as error:
-            _fail(str(error))
-        except KeyboardInterrupt:
-            _fail(
-                f"interrupted. The last finished epoch is checkpointed: continue with "
-                f"`latentz train -o {out} --resume`.",
-                code=130,
-            )
-        if not is_main_process():
-            return
-        if not (bundle_dir / "card.json").is_file():
-            typer.echo(
-                f"Stopped before the last epoch; the checkpoint is in {bundle_dir / 'checkpoint'}: continue "
-                f"with `latentz train -o {out} --resume`.",
-                err=True,
-            )
-            return
-        card = json.loads((bundle_dir / "card.json").read_text())
-        typer.echo(finished_sentence(bundle_dir, card))
+    def configure() -> TrainConfig:
+        saved = out / TRAIN_CONFIG_FILE
+        base = read_config_file(saved) if resume and saved.is_file() else None
+        return build_config(data, config_file, run_flags, model_flags, base)
+
+    bundle_dir = _train(configure, out, resume=resume, progress=not no_progress, device=device)
+    if is_main_process():
+        typer.echo(_outcome(bundle_dir, out), err=not (bundle_dir / CARD_FILE).is_file())
+
+
+def _train(
+    configure: Callable[[], TrainConfig], out: Path, *, resume: bool, progress: bool, device: str
+) -> Path:
+    """One distributed session for the whole command: rank 0 builds the configuration, then every
+    process trains in it. The errors a user can act on become one line, nothing else is caught."""
+    from latentz import distributed
+    from latentz.data import DatasetError
+    from latentz.train import TrainingError, default_command, fit
+
+    try:
+        with distributed.session(device) as context:
+            config = context.run_on_main(configure)
+            return fit(config, out, context, resume=resume, command=default_command(), progress=progress)
+    except (ConfigError, DatasetError, TrainingError, distributed.DistributedError) as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail(
+            f"interrupted. The last finished epoch is checkpointed: continue with "
+            f"`latentz train -o {out} --resume`.",
+            code=130,
+        )
+
+
+def _outcome(bundle_dir: Path, out: Path) -> str:
+    """The last line: the finished bundle and its figures, or where the checkpoint waits."""
+    if not (bundle_dir / CARD_FILE).is_file():
+        return (
+            f"Stopped before the last epoch; the checkpoint is in {bundle_dir / 'checkpoint'}: continue "
+            f"with `latentz train -o {out} --resume`."
+        )
+    return finished_sentence(bundle_dir, json.loads((bundle_dir / CARD_FILE).read_text()))
 
 
 def finished_sentence(bundle_dir: Path, card: dict[str, Any]) -> str:
