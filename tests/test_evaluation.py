@@ -279,14 +279,28 @@ def test_cli_tells_the_training_file_from_a_lookalike(
     assert reports["copy"]["split"] == "test" and "held-out 10% of 60000" in reports["copy"]["split_note"]
 
 
+def test_cli_finds_the_cards_data_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mnist-z10's card names its digits relative to the folder it was trained in (the checkout):
+    the README's `latentz eval mnist-z10` works from anywhere, on the digits it held out."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "mnist-z10", "--json", "--limit", "32"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["data"].startswith("idx:/") and report["data"].endswith("mnist9k-images-idx3-ubyte.gz")
+    assert report["n_images"] == 32
+
+
 def test_cli_says_the_default_data_came_from_the_card(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """mnist-z10's card names its digits relative to the repository; elsewhere the error says so."""
+    """A bundle copied away from its data: the error says the path came from its card and that
+    --data exists."""
+    copied = tmp_path / "elsewhere" / "mnist-z10"
+    shutil.copytree(bundle.resolve_bundle("mnist-z10"), copied)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["eval", "mnist-z10", "--json"])
+    result = CliRunner().invoke(app, ["eval", str(copied), "--json"])
     assert result.exit_code == 2 and result.stdout == ""
-    assert "mnist-z10's card" in result.output and "pass --data SPEC" in result.output
+    assert "card of mnist-z10" in result.output and "pass --data SPEC" in result.output
     assert "Traceback" not in result.output
 
 

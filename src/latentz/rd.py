@@ -17,17 +17,14 @@ Torch-free: it runs the bundle through `latentz.runtime`.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latentz import codec, data, imaging, metrics
-from latentz.bundle import BundleInfo
+from latentz import codec, imaging, metrics
 from latentz.runtime import ModelRuntime
 
 LATENTZ_QUALITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
@@ -58,53 +55,6 @@ class RDPoint:
     psnr: float
     ssim: float | None
     ms_ssim: float | None
-
-
-def _training_folders(info: BundleInfo) -> list[Path]:
-    """Folders a card's relative data path may be relative to, most likely first: the folder
-    `latentz train` ran in (the bundle's path less the ``-o`` it was given, when that matches), then
-    each folder above the bundle (the checkout it ships in)."""
-    bundle = info.path.resolve()
-    folders: list[Path] = []
-    command = [str(part) for part in info.card.get("command") or []]
-    for flag, value in itertools.pairwise(command):
-        out = Path(value)
-        parts = out.parts
-        relative = not out.is_absolute() and 0 < len(parts) < len(bundle.parts)
-        if flag in ("-o", "--out") and relative and bundle.parts[-len(parts) :] == parts:
-            folders.append(bundle.parents[len(parts) - 1])
-    return folders + [folder for folder in bundle.parents if folder not in folders]
-
-
-def card_data_spec(info: BundleInfo) -> tuple[str, str]:
-    """The model's own data spec from its card, usable from any folder, and a note saying where it
-    was found.
-
-    Cards record the spec as given to `latentz train`, so a relative path is relative to the folder
-    training ran in: tried from the current folder first, then from the folders above the bundle.
-    """
-    spec = str(info.card.get("data") or "")
-    if not spec:
-        raise data.DatasetError(f"{info.name}'s card names no data set; pass --data SPEC")
-    if spec in data.NAMED_DATASETS:
-        return spec, f"{spec} (from {info.name}'s card)"
-    prefix, argument = "", spec
-    for kind in ("idx", "folder"):
-        if spec.startswith(kind + ":"):
-            prefix, argument = kind + ":", spec[len(kind) + 1 :]
-    path = Path(argument).expanduser()
-    if path.exists():
-        return spec, f"{spec} (from {info.name}'s card)"
-    if not path.is_absolute():
-        for folder in _training_folders(info):
-            if (folder / path).exists():
-                found = (folder / path).resolve()
-                return f"{prefix}{found}", f"{spec} (from {info.name}'s card), found at {found}"
-    raise data.DatasetError(
-        f"{argument}: no such file or folder. The path comes from the card of {info.name} (its "
-        f"training data, relative to the folder it was trained in) and is neither here nor beside the "
-        f"bundle ({info.path}); pass --data SPEC to measure on other images (idx:FILE, folder:DIR, ...)"
-    )
 
 
 def same_shape_groups(images: Images) -> list[np.ndarray]:

@@ -134,11 +134,7 @@ def eval_command(
     if problem:
         raise _fail(f"{problem}.")
     info = _checked_bundle(model)
-    spec = data or info.card.get("data")
-    if not spec:
-        raise _fail(
-            f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC."
-        )
+    spec = data or _card_spec(info)
     split, reason = choose_split(split, data, info)
     images = _images(info, spec, split, limit, from_card=data is None)
 
@@ -182,6 +178,20 @@ def _checked_bundle(model: str) -> BundleInfo:
             f"{weights} does not match the fingerprint in its card.json: the file is damaged or was replaced."
         )
     return info
+
+
+def _card_spec(info: BundleInfo) -> str:
+    """The model's own data from its card, found from any folder (`data.card_data_spec`)."""
+    from latentz.data import DatasetError, card_data_spec
+
+    if not info.card.get("data"):
+        raise _fail(
+            f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC."
+        )
+    try:
+        return card_data_spec(info)[0]
+    except DatasetError as error:
+        raise _fail(f"{error}.") from None
 
 
 def _images(info: BundleInfo, spec: str, split: str, limit: int | None, *, from_card: bool) -> ImageSet:

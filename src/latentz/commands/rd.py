@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         from latentz import rd
         from latentz import runtime as rt
         from latentz.bundle import atomic_write_json
-        from latentz.data import load_bundle_split
+        from latentz.data import card_data_spec, load_bundle_split
         from latentz.plots import plot_rd
 
         latentz_qualities = _parse_qualities(qualities, rd.LATENTZ_QUALITIES)
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
             if data:
                 spec, origin = data, data
             else:
-                spec, origin = rd.card_data_spec(runtime.info)
+                spec, origin = card_data_spec(runtime.info)
             images = load_bundle_split(
                 runtime.info.path,
                 spec,

@@ -8,15 +8,17 @@ run trained and validated on. Torch-free.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from latentz.bundle import training_val_fraction
+from latentz.bundle import BundleInfo, training_val_fraction
 from latentz.config import ConfigError, TrainConfig
-from latentz.data.sets import ImageSet
+from latentz.data.named import NAMED_DATASETS
+from latentz.data.sets import DatasetError, ImageSet
 from latentz.data.specs import load_dataset
 from latentz.folder_cache import ImageRows
 
@@ -102,4 +104,51 @@ def load_bundle_split(
         val_fraction=training_val_fraction(path),
         seed=SPLIT_SEED,
         limit=limit,
+    )
+
+
+def _training_folders(info: BundleInfo) -> list[Path]:
+    """Folders a card's relative data path may be relative to, most likely first: the folder
+    `latentz train` ran in (the bundle's path less the ``-o`` it was given, when that matches), then
+    each folder above the bundle (the checkout it ships in)."""
+    bundle = info.path.resolve()
+    folders: list[Path] = []
+    command = [str(part) for part in info.card.get("command") or []]
+    for flag, value in itertools.pairwise(command):
+        out = Path(value)
+        parts = out.parts
+        relative = not out.is_absolute() and 0 < len(parts) < len(bundle.parts)
+        if flag in ("-o", "--out") and relative and bundle.parts[-len(parts) :] == parts:
+            folders.append(bundle.parents[len(parts) - 1])
+    return folders + [folder for folder in bundle.parents if folder not in folders]
+
+
+def card_data_spec(info: BundleInfo) -> tuple[str, str]:
+    """The model's own data spec from its card, usable from any folder, and a note saying where it
+    was found.
+
+    Cards record the spec as given to `latentz train`, so a relative path is relative to the folder
+    training ran in: tried from the current folder first, then from the folders above the bundle.
+    """
+    spec = str(info.card.get("data") or "")
+    if not spec:
+        raise DatasetError(f"{info.name}'s card names no data set; pass --data SPEC")
+    if spec in NAMED_DATASETS:
+        return spec, f"{spec} (from {info.name}'s card)"
+    prefix, argument = "", spec
+    for kind in ("idx", "folder"):
+        if spec.startswith(kind + ":"):
+            prefix, argument = kind + ":", spec[len(kind) + 1 :]
+    path = Path(argument).expanduser()
+    if path.exists():
+        return spec, f"{spec} (from {info.name}'s card)"
+    if not path.is_absolute():
+        for folder in _training_folders(info):
+            if (folder / path).exists():
+                found = (folder / path).resolve()
+                return f"{prefix}{found}", f"{spec} (from {info.name}'s card), found at {found}"
+    raise DatasetError(
+        f"{argument}: no such file or folder. The path comes from the card of {info.name} (its "
+        f"training data, relative to the folder it was trained in) and is neither here nor beside the "
+        f"bundle ({info.path}); pass --data SPEC to measure on other images (idx:FILE, folder:DIR, ...)"
     )
