@@ -1,7 +1,7 @@
-"""What the routers share, as FastAPI dependencies: the server's state, a model runtime by name, the gate.
+"""What the routers share, as FastAPI dependencies: the server's state (with its models by name) and the gate.
 
 The app factory builds one `ServerState` and keeps it on ``app.state.server``; an endpoint asks for
-what it needs (``state: Server``, ``model: NamedModel``, ``jobs: Jobs``) instead of closing over it.
+what it needs (``state: Server``, ``jobs: Jobs``) instead of closing over it.
 """
 
 from __future__ import annotations
@@ -42,25 +42,21 @@ class ServerState:
     openapi_payload: list[assets.Payload] = field(default_factory=list)
     """The OpenAPI document, rendered and compressed on first request (it is fixed once the app runs)."""
 
+    async def runtime(self, name: str) -> ModelRuntime:
+        """The named model: 404 for an unknown name, 409 for one not exported; in a thread, since an
+        unknown name rescans the bundle folders.
+
+        Called in the endpoint, not as a dependency of its own: FastAPI runs dependencies before it
+        validates the body and query, and a malformed request answers 400 whatever model it names.
+        """
+        return await run_in_threadpool(self.registry.runtime, name)
+
 
 def server_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
 Server = Annotated[ServerState, Depends(server_state)]
-
-
-async def runtime_of(state: ServerState, name: str) -> ModelRuntime:
-    """The named model (404/409); in a thread, since an unknown name rescans the bundle folders."""
-    return await run_in_threadpool(state.registry.runtime, name)
-
-
-async def named_model(name: str, state: Server) -> ModelRuntime:
-    """The model the path names: 404 for an unknown name, 409 for one not exported."""
-    return await runtime_of(state, name)
-
-
-NamedModel = Annotated[ModelRuntime, Depends(named_model)]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from latentz import choice, codec, imaging
 from latentz.runtime import ModelRuntime
 from latentz.server.answers import flat, json_answer
-from latentz.server.dependencies import Jobs, NamedModel, Server, ServerState, runtime_of
+from latentz.server.dependencies import Jobs, Server, ServerState
 from latentz.server.errors import ERROR_RESPONSES, ApiError, model_errors
 from latentz.server.reports import EncodeSettings, encode_report, upload_notes
 from latentz.server.uploads import (
@@ -116,7 +116,7 @@ async def encode_any(
     format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
     model: str | None = Query(None, description="code with this model instead of the one that fits"),
 ) -> Response:
-    named = await runtime_of(state, model) if model else None
+    named = await state.runtime(model) if model else None
     return await encode_upload(state, jobs, named, file, quality, format)
 
 
@@ -128,12 +128,12 @@ async def encode_any(
 async def encode(
     state: Server,
     jobs: Jobs,
-    model: NamedModel,
+    name: str,
     file: UploadFile = File(..., description="an image (JPEG, PNG, WebP, ...; judged by content)"),
     quality: int | None = Form(None, ge=0, le=100, description=QUALITY_FIELD_DESCRIPTION),
     format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
 ) -> Response:
-    return await encode_upload(state, jobs, model, file, quality, format)
+    return await encode_upload(state, jobs, await state.runtime(name), file, quality, format)
 
 
 async def file_and_model(

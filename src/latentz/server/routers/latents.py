@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from latentz import imaging
 from latentz.runtime import ModelRuntime
 from latentz.server.answers import b64, flat, json_answer
-from latentz.server.dependencies import Jobs, NamedModel, Server
+from latentz.server.dependencies import Jobs, Server
 from latentz.server.errors import ERROR_RESPONSES, QUERY_ERRORS, ApiError
 from latentz.server.limits import Limits
 from latentz.server.reports import report_psnr
@@ -52,9 +52,10 @@ def interpolate_latents(start: np.ndarray, end: np.ndarray, steps: int, method: 
     "/api/models/{name}/latent", responses={200: {"content": {"application/json": {}}}, **ERROR_RESPONSES}
 )
 async def latent(
-    state: Server, jobs: Jobs, model: NamedModel, file: UploadFile = File(..., description="an image")
+    state: Server, jobs: Jobs, name: str, file: UploadFile = File(..., description="an image")
 ) -> Response:
     """The posterior mean and log-variance of an image (no quantisation), and the model's input."""
+    model = await state.runtime(name)
     data = await read_image_upload(file, state.limits)
 
     def work() -> Response:
@@ -78,11 +79,12 @@ async def latent(
 async def reconstruct(
     state: Server,
     jobs: Jobs,
-    model: NamedModel,
+    name: str,
     file: UploadFile = File(..., description="an image"),
     format: Literal["png", "json"] = Query("png"),
 ) -> Response:
     """Encode then decode the posterior mean (no quantisation): PNG, or JSON with PSNR."""
+    model = await state.runtime(name)
     data = await read_image_upload(file, state.limits)
 
     def work() -> Response:
@@ -134,13 +136,15 @@ def sampling_router(limits: Limits) -> APIRouter:
 
     @sampling.get("/api/models/{name}/sample", responses={**IMAGES, **QUERY_ERRORS})
     async def sample(
+        state: Server,
         jobs: Jobs,
-        model: NamedModel,
+        name: str,
         count: int = Query(8, ge=1, le=limits.max_samples),
         seed: int = Query(0, ge=0, le=2**63 - 1),
         format: Literal["json", "png"] = Query("json", description="latents + PNGs, or one PNG grid"),
     ) -> Response:
         """Decode ``count`` latents drawn from the prior N(0, I); the same seed gives the same images."""
+        model = await state.runtime(name)
         shape = model.config.latent_shape()
 
         def draw() -> np.ndarray:
@@ -177,11 +181,12 @@ def interpolation_ends(body: InterpolateRequest, model: ModelRuntime, limits: Li
 async def interpolate(
     state: Server,
     jobs: Jobs,
-    model: NamedModel,
+    name: str,
     body: InterpolateRequest,
     format: Literal["json", "png"] = Query("json", description="latents + PNGs, or one PNG strip"),
 ) -> Response:
     """Decode ``steps`` latents from ``start`` to ``end`` (flattened latents of this model)."""
+    model = await state.runtime(name)
     start, end = interpolation_ends(body, model, state.limits)
 
     def line() -> np.ndarray:
