@@ -21,7 +21,7 @@ from conftest import LiveServer, running_server
 from latentz import browser_models
 from latentz.bundle import DECODER_FILE, ENCODER_FILE, read_bundle
 from latentz.server import create_app
-from latentz.server.limits import SecurityHeaders
+from latentz.server.middleware import SecurityHeaders
 
 SECURITY_HEADERS = {name.decode(): value.decode() for name, value in SecurityHeaders.HEADERS}
 IMMUTABLE = "public, max-age=31536000, immutable"

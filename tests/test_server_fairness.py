@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from latentz import imaging, runtime
 from latentz.server import Limits, create_app
 from latentz.server.errors import ApiError, ClientGone
-from latentz.server.limits import JobGate
+from latentz.server.gate import JobGate
 
 HOLDER = "holder"
 FLOODER = "10.0.0.1"

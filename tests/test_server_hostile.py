@@ -29,9 +29,9 @@ from starlette.types import Receive, Scope, Send
 
 from latentz import imaging, runtime
 from latentz.server import Limits, create_app
-from latentz.server.app import render_json
+from latentz.server.answers import render_json
 from latentz.server.assets import WEB_DIR
-from latentz.server.limits import SecurityHeaders
+from latentz.server.middleware import SecurityHeaders
 from latentz.server.origins import normalise_host, normalise_origin
 from latentz.server.registry import RESCAN_INTERVAL_S, ModelRegistry
 

@@ -28,12 +28,16 @@ an HTML error page or a bare traceback. The statuses are part of the API contrac
 500    internal_error         a bug in latentz; the message says what failed
 =====  =====================  ==============================================================
 
-Every answer, 500s included, carries the same security headers (`limits.SecurityHeaders`).
+Every answer, 500s included, carries the same security headers (`middleware.SecurityHeaders`).
+The library's own exceptions map to statuses through one table, `EXCEPTION_STATUSES`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,6 +45,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from latentz import codec, imaging
+from latentz.codec import EntropyModelError
+from latentz.codec.limits import TooLargeError
+from latentz.runtime import ModelRuntimeError, OutOfMemoryError
 
 log = logging.getLogger("latentz.server")
 
@@ -106,6 +115,76 @@ def error_response(status: int, message: str, code: str | None = None, **extra: 
     return ApiError(status, message, code, **extra).response()
 
 
+@dataclass(frozen=True)
+class Mapped:
+    """How one of the library's exceptions is answered: its status, code and message."""
+
+    status: int
+    code: str | None = None
+    message: Callable[[Exception], str] = str
+    with_limit: bool = False  # the exception's ``limit`` goes into the answer
+
+
+EXCEPTION_STATUSES: dict[type[Exception], Mapped] = {
+    TooLargeError: Mapped(413, "too_large", with_limit=True),
+    OutOfMemoryError: Mapped(413, "too_large", lambda error: f"too large for this server's memory: {error}"),
+    codec.ModelMismatchError: Mapped(409, "model_mismatch"),
+    codec.LatentzFormatError: Mapped(400),
+    ModelRuntimeError: Mapped(409, "model_not_exported"),
+    EntropyModelError: Mapped(409, "model_not_exported"),
+    imaging.ImageError: Mapped(400, message=lambda error: str(error).replace("<bytes>: ", "")),
+}
+"""The runtime's and codec's exceptions as API errors (the most specific class in an exception's MRO
+wins, as in Starlette's handler lookup): used by `model_errors` and by the handlers `install_handlers`
+registers, so an exception answers the same status wherever it is raised."""
+
+
+def as_api_error(error: Exception) -> ApiError | None:
+    """The API error that ``error`` stands for under `EXCEPTION_STATUSES`, if any."""
+    for kind in type(error).__mro__:
+        mapped = EXCEPTION_STATUSES.get(kind)
+        if mapped is not None:
+            extra = {"limit": getattr(error, "limit", None)} if mapped.with_limit else {}
+            return ApiError(mapped.status, mapped.message(error), mapped.code, **extra)
+    return None
+
+
+@contextlib.contextmanager
+def model_errors() -> Iterator[None]:
+    """Turn the runtime's and codec's exceptions into API errors with their own messages."""
+    try:
+        yield
+    except tuple(EXCEPTION_STATUSES) as error:
+        raise as_api_error(error) from None
+
+
+def _error_doc(description: str) -> dict[str, Any]:
+    return {"description": description, "model": ErrorBody}
+
+
+ERRORS: dict[int, dict[str, Any]] = {
+    400: _error_doc("Malformed request, corrupt image or corrupt .latentz file"),
+    403: _error_doc("A cross-site request (Origin / Sec-Fetch-Site of another site, not allowed)"),
+    404: _error_doc("Unknown model (the error lists the installed ones), or no such file"),
+    408: _error_doc("The request body arrived too slowly (idle or total body timeout)"),
+    409: _error_doc("The file was made by another model, or the model is not exported"),
+    413: _error_doc("Upload over the byte limit, or image over the pixel limit"),
+    415: _error_doc("Content is not a supported image / not a .latentz file (sniffed)"),
+    429: _error_doc(
+        "All inference slots stayed busy for the queue timeout, or this client already has its "
+        "maximum of requests waiting (Retry-After: 1)"
+    ),
+}
+"""The statuses as OpenAPI documents them."""
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = dict(ERRORS)
+"""Every error an endpoint that takes a body and runs a model can answer."""
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorBody"}
+QUERY_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: ERRORS[status] for status in (400, 403, 404, 409, 429)
+}
+"""What a bodiless endpoint that runs a model can answer."""
+
+
 def _describe_validation(error: dict[str, Any]) -> str:
     where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
     message = str(error.get("msg", "invalid value"))
@@ -118,6 +197,14 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
         return error.response()
+
+    async def _mapped_error(_: Request, error: Exception) -> JSONResponse:
+        api_error = as_api_error(error)
+        assert api_error is not None  # registered for the table's classes only
+        return api_error.response()
+
+    for kind in EXCEPTION_STATUSES:
+        app.add_exception_handler(kind, _mapped_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -30,7 +30,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from latentz.server.limits import Limits, SecurityHeaders
+from latentz.server.limits import Limits
+from latentz.server.middleware import SecurityHeaders
 
 HEADER_TIMEOUT_STATE = "latentz.header_timeout_s"
 """Key of the header timeout in the app's lifespan state."""

@@ -1,0 +1,1 @@
+"""The API and the pages as FastAPI routers, which `latentz.server.app` includes."""
