@@ -393,6 +393,26 @@ def test_decode_writes_the_format_the_output_name_asks_for(model: str, tmp_path:
         assert ".jpg/.jpeg" in result.stderr and not (tmp_path / name).exists()
 
 
+def test_a_decode_unpacks_its_file_once_and_shares_the_process_runtime(
+    model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is found from the header the decode then decodes: not one unpack to find the model,
+    one to check it and one for the figures; and the runtime is the one every caller in the process gets."""
+    from latentz import codec
+
+    coder = runtime.load(model)
+    source = tmp_path / "d.latentz"
+    source.write_bytes(coder.compress(digit(4)[:, :, None]))
+    coding.decode_file(coding.DecodeJob(None, source, tmp_path / "warm.png", False))  # the warm-up is once
+    unpacked: list[int] = []
+    unpack = codec.unpack
+    monkeypatch.setattr(codec, "unpack", lambda data: unpacked.append(len(data)) or unpack(data))
+    outcome = coding.decode_file(coding.DecodeJob(None, source, tmp_path / "d.png", False))
+    assert outcome.ok and outcome.model == model
+    assert unpacked == [source.stat().st_size]
+    assert runtime.model_for_header(unpack(source.read_bytes())[0]) is coder
+
+
 def test_encode_lines_give_bpp_time_and_a_truthful_ratio_and_folders_a_mean(
     model: str, tmp_path: Path
 ) -> None:
