@@ -393,6 +393,32 @@ def test_decode_writes_the_format_the_output_name_asks_for(model: str, tmp_path:
         assert ".jpg/.jpeg" in result.stderr and not (tmp_path / name).exists()
 
 
+def test_user_errors_are_one_line_and_bugs_are_tracebacks(
+    model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken bundle is the user's to fix: one line, exit 2. A bare ValueError is a bug: it must
+    reach the user as a traceback, not hide behind an `error:` line that looks like their mistake."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle.read_bundle(model).path, broken)
+    (broken / bundle.CARD_FILE).write_text("{not json")
+    source = tmp_path / "d.png"
+    Image.fromarray(digit(5), "L").save(source)
+    result = cli("encode", str(source), "-m", str(broken), "-o", str(tmp_path / "a.latentz"))
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert "not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    def a_bug(*args: object, **kwargs: object) -> None:
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(runtime, "load", a_bug)
+    invoked = CliRunner().invoke(app, ["encode", str(source), "-m", model, "-o", str(tmp_path / "b.latentz")])
+    assert isinstance(invoked.exception, ValueError) and invoked.exit_code == 1
+    assert "error: an internal bug" not in invoked.stderr
+
+
 def test_a_decode_unpacks_its_file_once_and_shares_the_process_runtime(
     model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

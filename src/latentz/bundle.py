@@ -125,7 +125,11 @@ def read_bundle(model: str | Path) -> BundleInfo:
 
 
 def read_card(path: Path) -> dict[str, Any]:
-    return json.loads((path / CARD_FILE).read_text())
+    """A bundle's card; a card that is not JSON makes the folder an unusable bundle (a `BundleError`)."""
+    try:
+        return json.loads((path / CARD_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path / CARD_FILE} is not valid JSON ({error})") from None
 
 
 def update_card(path: Path, **fields: Any) -> dict[str, Any]:

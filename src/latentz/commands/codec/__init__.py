@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 
-from latentz.commands import user_errors
+from latentz.commands import fail, user_command
 from latentz.commands.codec.coding import (
     DECODED_SUFFIX,
     DEFAULT_CODED_PIXELS,
@@ -41,19 +40,14 @@ from latentz.commands.codec.folders import (
 )
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _check_output_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        _fail(f"{out} exists and is not a folder; a folder of inputs needs an output folder")
+        fail(f"{out} exists and is not a folder; a folder of inputs needs an output folder")
 
 
 def _check_flags(force: bool, skip_existing: bool) -> None:
     if force and skip_existing:
-        _fail("give --force (overwrite existing outputs) or --skip-existing (keep them), not both")
+        fail("give --force (overwrite existing outputs) or --skip-existing (keep them), not both")
 
 
 ENCODE_OUT_HELP = (
@@ -76,9 +70,9 @@ def _report_one(outcome: Outcome, as_json: bool, wrote_line: bool) -> None:
     if as_json:
         print_json(outcome.record())
     if outcome.status == EXISTS:
-        _fail(f"{outcome.note}; pass --force to overwrite it")
+        fail(f"{outcome.note}; pass --force to overwrite it")
     if outcome.status == FAILED:
-        _fail(outcome.error or outcome.message)
+        fail(outcome.error or outcome.message)
     if as_json:
         return
     if outcome.status == SKIPPED:
@@ -114,6 +108,7 @@ def register(app: typer.Typer) -> None:
 
 def _register_encode(app: typer.Typer) -> None:
     @app.command("encode")
+    @user_command
     def encode_command(
         source: Path = typer.Argument(..., help="An image, or a folder of images (recursive)."),
         model: str = typer.Option(None, "--model", "-m", help=ENCODE_MODEL_HELP),
@@ -140,25 +135,23 @@ def _register_encode(app: typer.Typer) -> None:
         from latentz import runtime as rt
 
         if quality is not None and step is not None:
-            _fail("give --quality or --step, not both")
+            fail("give --quality or --step, not both")
         _check_flags(force, skip_existing)
         job = EncodeJob(model, source, out, quality, step, force, skip_existing, max_coded_pixels)
-        try:
-            if model is None and not installed_models():
-                raise choice.NoModelError()
-            if model is not None:  # fail fast if bad; workers get the folder, not the name
-                job = replace(job, model=str(rt.load(model).info.path))
-            if source.is_dir():
-                _encode_folder(job, jobs, as_json)
-                return
-            job = replace(job, target=_single_encode_target(source, out))
-        except user_errors() as error:
-            _fail(str(error))
+        if model is None and not installed_models():
+            raise choice.NoModelError()
+        if model is not None:  # fail fast if bad; workers get the folder, not the name
+            job = replace(job, model=str(rt.load(model).info.path))
+        if source.is_dir():
+            _encode_folder(job, jobs, as_json)
+            return
+        job = replace(job, target=_single_encode_target(source, out))
         _report_one(guarded_encode(job), as_json, wrote_line=True)
 
 
 def _register_decode(app: typer.Typer) -> None:
     @app.command("decode")
+    @user_command
     def decode_command(
         source: Path = typer.Argument(..., help="A .latentz file, or a folder of them (recursive)."),
         out: Path = typer.Option(
@@ -182,15 +175,12 @@ def _register_decode(app: typer.Typer) -> None:
         """Decode .latentz files into images with the model that made them."""
         _check_flags(force, skip_existing)
         job = DecodeJob(model, source, out, force, skip_existing, max_coded_pixels)
-        try:
-            if source.is_dir():
-                _decode_folder(job, jobs, as_json)
-                return
-            if out.is_dir():
-                job = replace(job, target=out / (source.stem + DECODED_SUFFIX))
-            image_output_format(job.target)  # an unknown extension is refused before any work
-        except user_errors() as error:
-            _fail(str(error))
+        if source.is_dir():
+            _decode_folder(job, jobs, as_json)
+            return
+        if out.is_dir():
+            job = replace(job, target=out / (source.stem + DECODED_SUFFIX))
+        image_output_format(job.target)  # an unknown extension is refused before any work
         _report_one(guarded_decode(job), as_json, wrote_line=False)
 
 
@@ -199,9 +189,9 @@ def _single_encode_target(source: Path, out: Path) -> Path:
     if out.is_dir():  # like cp: into the folder, under the input's name
         out = out / (source.stem + LATENTZ_SUFFIX)
     if out.suffix.lower() in IMAGE_SUFFIXES:
-        _fail(f"{out} names an image; `latentz encode` writes .latentz files (-o NAME.latentz)")
+        fail(f"{out} names an image; `latentz encode` writes .latentz files (-o NAME.latentz)")
     if out.exists() and source.exists() and out.samefile(source):
-        _fail(f"{out} is the input itself; give another output name")
+        fail(f"{out} is the input itself; give another output name")
     return out
 
 
@@ -216,7 +206,7 @@ def _encode_folder(settings: EncodeJob, jobs: int | None, as_json: bool) -> None
     _check_output_folder(out)
     sources = list_image_files(source)
     if not sources:
-        _fail(f"{source}: no JPEG/PNG/WebP/BMP files found")
+        fail(f"{source}: no JPEG/PNG/WebP/BMP files found")
     work = [
         replace(settings, source=s, target=target)
         for s, target in zip(sources, distinct_targets(source, sources, out, LATENTZ_SUFFIX), strict=True)
@@ -236,7 +226,7 @@ def _decode_folder(settings: DecodeJob, jobs: int | None, as_json: bool) -> None
     _check_output_folder(out)
     sources = sorted(p for p in source.rglob(f"*{LATENTZ_SUFFIX}") if p.is_file())
     if not sources:
-        _fail(f"{source}: no {LATENTZ_SUFFIX} files found")
+        fail(f"{source}: no {LATENTZ_SUFFIX} files found")
     work = [
         replace(settings, source=s, target=target)
         for s, target in zip(sources, distinct_targets(source, sources, out, DECODED_SUFFIX), strict=True)

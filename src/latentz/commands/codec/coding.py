@@ -247,11 +247,13 @@ def read_latentz_file(path: Path) -> bytes:
 
 def image_output_format(target: Path) -> tuple[str, dict[str, object]]:
     """Pillow format and options for a decoded image, from its name's extension; refuses any other."""
+    from latentz.imaging import ImageError
+
     try:
         return IMAGE_OUTPUTS[target.suffix.lower()]
     except KeyError:
         got = f"unknown image type '{target.suffix}'" if target.suffix else "no extension"
-        raise ValueError(
+        raise ImageError(
             f"{target}: {got}; the extension picks the format: name it {IMAGE_OUTPUTS_TEXT}"
         ) from None
 
