@@ -27,6 +27,7 @@ from latentz import bundle, choice, imaging, runtime
 from latentz.cli import app
 from latentz.codec.format import MAX_FILE_BYTES
 from latentz.commands import codec as codec_cli
+from latentz.commands.codec import coding
 
 SRC = Path(latentz.__file__).resolve().parents[1]
 MODEL = "mnist-z10"
@@ -392,6 +393,52 @@ def test_decode_writes_the_format_the_output_name_asks_for(model: str, tmp_path:
         assert ".jpg/.jpeg" in result.stderr and not (tmp_path / name).exists()
 
 
+def test_user_errors_are_one_line_and_bugs_are_tracebacks(
+    model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken bundle is the user's to fix: one line, exit 2. A bare ValueError is a bug: it must
+    reach the user as a traceback, not hide behind an `error:` line that looks like their mistake."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle.read_bundle(model).path, broken)
+    (broken / bundle.CARD_FILE).write_text("{not json")
+    source = tmp_path / "d.png"
+    Image.fromarray(digit(5), "L").save(source)
+    result = cli("encode", str(source), "-m", str(broken), "-o", str(tmp_path / "a.latentz"))
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert "not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    def a_bug(*args: object, **kwargs: object) -> None:
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(runtime, "load", a_bug)
+    invoked = CliRunner().invoke(app, ["encode", str(source), "-m", model, "-o", str(tmp_path / "b.latentz")])
+    assert isinstance(invoked.exception, ValueError) and invoked.exit_code == 1
+    assert "error: an internal bug" not in invoked.stderr
+
+
+def test_a_decode_unpacks_its_file_once_and_shares_the_process_runtime(
+    model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is found from the header the decode then decodes: not one unpack to find the model,
+    one to check it and one for the figures; and the runtime is the one every caller in the process gets."""
+    from latentz import codec
+
+    coder = runtime.load(model)
+    source = tmp_path / "d.latentz"
+    source.write_bytes(coder.compress(digit(4)[:, :, None]))
+    coding.decode_file(coding.DecodeJob(None, source, tmp_path / "warm.png", False))  # the warm-up is once
+    unpacked: list[int] = []
+    unpack = codec.unpack
+    monkeypatch.setattr(codec, "unpack", lambda data: unpacked.append(len(data)) or unpack(data))
+    outcome = coding.decode_file(coding.DecodeJob(None, source, tmp_path / "d.png", False))
+    assert outcome.ok and outcome.model == model
+    assert unpacked == [source.stat().st_size]
+    assert runtime.model_for_header(unpack(source.read_bytes())[0]) is coder
+
+
 def test_encode_lines_give_bpp_time_and_a_truthful_ratio_and_folders_a_mean(
     model: str, tmp_path: Path
 ) -> None:
@@ -426,9 +473,9 @@ def test_encode_lines_give_bpp_time_and_a_truthful_ratio_and_folders_a_mean(
         ratio = out.stat().st_size / tiny.stat().st_size
         assert ratio > 1 and f"({ratio:.2f}x larger than the input)" in result.stdout
         assert "smaller" not in result.stdout
-    assert codec_cli._ratio(6722, 6930) == "1.03x larger than the input"  # the reported "1.0x smaller"
-    assert codec_cli._ratio(6930, 6722) == "1.03x smaller"
-    assert codec_cli._ratio(100, 100) == "the same size as the input"
+    assert coding._ratio(6722, 6930) == "1.03x larger than the input"  # the reported "1.0x smaller"
+    assert coding._ratio(6930, 6722) == "1.03x smaller"
+    assert coding._ratio(100, 100) == "the same size as the input"
 
 
 def test_encode_refuses_to_write_over_its_input_or_into_an_image_name(model: str, tmp_path: Path) -> None:

@@ -18,7 +18,11 @@ a path to a bundle folder.
 from __future__ import annotations
 
 import json
+import math
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +125,11 @@ def read_bundle(model: str | Path) -> BundleInfo:
 
 
 def read_card(path: Path) -> dict[str, Any]:
-    return json.loads((path / CARD_FILE).read_text())
+    """A bundle's card; a card that is not JSON makes the folder an unusable bundle (a `BundleError`)."""
+    try:
+        return json.loads((path / CARD_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path / CARD_FILE} is not valid JSON ({error})") from None
 
 
 def update_card(path: Path, **fields: Any) -> dict[str, Any]:
@@ -132,17 +140,110 @@ def update_card(path: Path, **fields: Any) -> dict[str, Any]:
     return card
 
 
+RESCAN_INTERVAL_S = 2.0
+"""Least time between two rescans of the bundle folders asked for by lookups that missed (an unknown
+model name or fingerprint): a server's flood of made-up names costs one folder scan per interval."""
+
+
+class ModelIndex:
+    """The installed bundles by name and by file fingerprint: the one lookup the CLI, the runtime
+    and the server share, so that "which model made this file" has one answer and one scan.
+
+    A lookup that misses rescans the search path, at most once per ``rescan_interval_s`` (the
+    server's 2 s bounds what a flood of made-up names costs; a one-shot CLI process uses 0 and so
+    always sees a bundle installed a moment ago). Unreadable bundles are left out and listed in
+    `problems` with why.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, rescan_interval_s: float = RESCAN_INTERVAL_S
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._rescan_interval_s = rescan_interval_s
+        self._scanned_at = -math.inf
+        self._search_path: list[Path] | None = None
+        self._infos: dict[str, BundleInfo] = {}
+        self.problems: dict[str, tuple[Path, Exception]] = {}
+        """Bundles that cannot be used, by name: their folder and the error reading them raised."""
+        self.scans = 0
+        """How many scans this index has made (what was learnt about a bundle since the last one holds)."""
+
+    def refresh(self) -> None:
+        """Rescan the bundle search path now (new bundles appear without a restart)."""
+        self._scanned_at = self._clock()
+        search_path = bundle_search_path()
+        infos: dict[str, BundleInfo] = {}
+        problems: dict[str, tuple[Path, Exception]] = {}
+        for path in list_bundles():
+            try:
+                infos[path.name] = read_bundle(path)
+            except (OSError, ValueError) as error:  # a broken bundle must not hide the others
+                problems[path.name] = (path, error)
+        with self._lock:
+            self._infos, self.problems, self._search_path = infos, problems, search_path
+            self.scans += 1
+
+    def rescan(self) -> bool:
+        """Rescan unless the last scan is under the interval old (and the search path is the same);
+        whether it rescanned."""
+        with self._lock:
+            now = self._clock()
+            same_path = self._search_path == bundle_search_path()
+            if same_path and now - self._scanned_at < self._rescan_interval_s:
+                return False
+            self._scanned_at = now  # taken: concurrent callers do not scan as well
+        self.refresh()
+        return True
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._infos)
+
+    def infos(self) -> list[BundleInfo]:
+        with self._lock:
+            return [self._infos[name] for name in sorted(self._infos)]
+
+    def _current(self) -> bool:
+        """Whether the last scan is of today's search path (a changed ``$LATENTZ_MODELS`` rescans)."""
+        with self._lock:
+            return self._search_path is not None and self._search_path == bundle_search_path()
+
+    def by_name(self, name: str) -> BundleInfo | None:
+        """The installed bundle called ``name`` (never a path), rescanning once if unknown."""
+        if not self._current():
+            self.rescan()
+        with self._lock:
+            info = self._infos.get(name)
+        if info is None and self.rescan():
+            with self._lock:
+                info = self._infos.get(name)
+        return info
+
+    def by_fingerprint(self, prefix: bytes) -> BundleInfo | None:
+        """The installed bundle whose fingerprint starts with ``prefix`` (as a .latentz file names it);
+        the first by name if several do, rescanning once if none does."""
+        wanted = prefix.hex()
+        if not self._current():
+            self.rescan()
+        for attempt in range(2):
+            with self._lock:
+                matches = [self._infos[name] for name in sorted(self._infos)]
+            for info in matches:
+                if info.fingerprint.startswith(wanted) and is_bundle(info.path):  # not deleted since
+                    return info
+            if attempt == 0 and not self.rescan():
+                break
+        return None
+
+
+INSTALLED = ModelIndex(rescan_interval_s=0.0)
+"""The process's index of installed bundles (the CLI's and `latentz.runtime`'s)."""
+
+
 def find_by_fingerprint(prefix: bytes) -> BundleInfo | None:
     """The installed bundle whose fingerprint starts with ``prefix`` (as a .latentz file names it)."""
-    wanted = prefix.hex()
-    for path in list_bundles():
-        try:
-            info = read_bundle(path)
-        except (OSError, ValueError):
-            continue
-        if info.fingerprint.startswith(wanted):
-            return info
-    return None
+    return INSTALLED.by_fingerprint(prefix)
 
 
 def training_val_fraction(path: Path) -> float:

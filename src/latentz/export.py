@@ -164,7 +164,7 @@ def export_bundle(model: str | Path) -> dict[str, Any]:
     path = bundle.resolve_bundle(model)
     config_path = path / bundle.TRAIN_CONFIG_FILE
     if not config_path.is_file():
-        raise ValueError(
+        raise bundle.BundleError(
             f"{path} has no {bundle.TRAIN_CONFIG_FILE}; the entropy model is fitted on the training split"
         )
     data = load_training_data(load_train_config(config_path))

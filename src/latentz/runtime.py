@@ -26,7 +26,15 @@ import numpy as np
 from PIL import Image
 
 from latentz import codec, imaging
-from latentz.bundle import DECODER_FILE, ENCODER_FILE, ENTROPY_MODEL_FILE, BundleInfo, read_bundle
+from latentz.bundle import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    ENTROPY_MODEL_FILE,
+    INSTALLED,
+    BundleInfo,
+    list_bundles,
+    read_bundle,
+)
 from latentz.codec.limits import DEFAULT_LIMITS, SizeLimits, TooLargeError
 
 
@@ -309,50 +317,70 @@ class ModelRuntime:
 
     def read(self, data: bytes, limits: SizeLimits = DEFAULT_LIMITS) -> tuple[codec.Header, np.ndarray]:
         """A .latentz file's header and dequantised latent, after every check against this model."""
-        header, payload = codec.unpack(data)
+        return self.read_parsed(*codec.unpack(data), limits)
+
+    def read_parsed(
+        self, header: codec.Header, payload: bytes, limits: SizeLimits = DEFAULT_LIMITS
+    ) -> tuple[codec.Header, np.ndarray]:
+        """`read` for a file already unpacked (by whoever found its model from the header)."""
         self.check_header(header, limits)
         return header, codec.decode_payload(header, payload, entropy=self.entropy)
 
     def decompress(self, data: bytes, limits: SizeLimits = DEFAULT_LIMITS) -> np.ndarray:
         """The bytes of a .latentz file -> the uint8 ``(H, W, C)`` image."""
-        header, latent = self.read(data, limits)
+        return self.decompress_parsed(*codec.unpack(data), limits)
+
+    def decompress_parsed(
+        self, header: codec.Header, payload: bytes, limits: SizeLimits = DEFAULT_LIMITS
+    ) -> np.ndarray:
+        """`decompress` for a file already unpacked: a decode unpacks its file once."""
+        header, latent = self.read_parsed(header, payload, limits)
         return self.decode(latent[None], header.height, header.width, limits)[0]
 
 
-_RUNTIMES: dict[str, ModelRuntime] = {}
+_RUNTIMES: dict[tuple[Path, str, int], ModelRuntime] = {}
+"""The one runtime cache of the process (the CLI's and the server's): by bundle folder, fingerprint
+and thread count, so a bundle re-exported under the same name gets fresh sessions."""
 _RUNTIMES_LOCK = threading.Lock()
 
 
-def load(model: str | Path, threads: int = 1) -> ModelRuntime:
-    """A shared runtime per bundle folder (one ONNX session each, loaded once per process)."""
-    info = read_bundle(model)
-    key = f"{info.path.resolve()}:{info.fingerprint}:{threads}"
+def runtime_for(info: BundleInfo, threads: int = 1) -> ModelRuntime:
+    """The shared runtime of a bundle already read (one ONNX session each, loaded once per process)."""
+    folder = info.path.resolve()
+    key = (folder, info.fingerprint, threads)
     with _RUNTIMES_LOCK:
         runtime = _RUNTIMES.get(key)
         if runtime is None:
+            for stale in [k for k in _RUNTIMES if k[0] == folder and k[2] == threads]:
+                del _RUNTIMES[stale]  # the same folder holds another model now
             runtime = _RUNTIMES[key] = ModelRuntime(info, threads=threads)
         return runtime
+
+
+def load(model: str | Path, threads: int = 1) -> ModelRuntime:
+    """A shared runtime per bundle name or folder (see `runtime_for`)."""
+    return runtime_for(read_bundle(model), threads)
 
 
 def _installed_maker(header: codec.Header, refused_by: ModelRuntime) -> str:
     """' (that is NAME, installed here)' when another installed bundle made the file, else '': the
     user then knows which -m to pass."""
-    from latentz.bundle import find_by_fingerprint
-
-    info = find_by_fingerprint(header.fingerprint)
+    info = INSTALLED.by_fingerprint(header.fingerprint)
     return f" (that is {info.name}, installed here)" if info and info.path != refused_by.info.path else ""
 
 
-def model_for_file(data: bytes) -> ModelRuntime:
+def model_for_header(header: codec.Header) -> ModelRuntime:
     """The installed model that made a .latentz file, found by the fingerprint in its header."""
-    from latentz.bundle import find_by_fingerprint, list_bundles
-
-    header, _ = codec.unpack(data)
-    info = find_by_fingerprint(header.fingerprint)
+    info = INSTALLED.by_fingerprint(header.fingerprint)
     if info is None:
-        installed = ", ".join(f"{p.name}" for p in list_bundles()) or "none"
+        installed = ", ".join(path.name for path in list_bundles()) or "none"
         raise codec.ModelMismatchError(
             f"no installed model has fingerprint {header.fingerprint_hex} (installed: {installed}); "
             f"pass the model that encoded the file with -m MODEL"
         )
-    return load(info.path)
+    return runtime_for(info)
+
+
+def model_for_file(data: bytes) -> ModelRuntime:
+    """`model_for_header` of a file's bytes."""
+    return model_for_header(codec.unpack(data)[0])

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from latentz.codec.format import MAX_STEP
+from latentz.codec.format import MAX_STEP, CodecSettingError
 
 ENTROPY_FORMAT = 1
 FINE_PER_UNIT = 4
@@ -62,17 +62,19 @@ class EntropyModelError(ValueError):
 def step_for_quality(quality: int) -> int:
     """The step, in fine units, that ``--quality`` 0..100 selects (higher quality, finer step)."""
     if isinstance(quality, bool) or not isinstance(quality, int | np.integer) or not 0 <= quality <= 100:
-        raise ValueError(f"quality must be an integer from 0 to 100, got {quality!r}")
+        raise CodecSettingError(f"quality must be an integer from 0 to 100, got {quality!r}")
     return QUALITY_STEPS[int(quality)]
 
 
 def step_from_units(step: float) -> int:
     """An explicit ``--step`` in units of posterior std, as a whole number of fine units."""
     if not np.isfinite(step) or step <= 0:
-        raise ValueError(f"step must be a positive number of posterior standard deviations, got {step}")
+        raise CodecSettingError(
+            f"step must be a positive number of posterior standard deviations, got {step}"
+        )
     fine = round(step * FINE_PER_UNIT)
     if not 1 <= fine <= MAX_STEP:
-        raise ValueError(
+        raise CodecSettingError(
             f"step {step} is outside [{1 / FINE_PER_UNIT}, {MAX_STEP / FINE_PER_UNIT}] posterior stds "
             f"(steps are multiples of {1 / FINE_PER_UNIT})"
         )

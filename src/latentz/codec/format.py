@@ -47,6 +47,10 @@ class LatentzFormatError(ValueError):
     """A byte string that is not a usable .latentz file; the message says exactly why."""
 
 
+class CodecSettingError(ValueError):
+    """A codec setting out of its range (a quality, a step, a size limit): the user's to change."""
+
+
 class BadMagicError(LatentzFormatError):
     pass
 

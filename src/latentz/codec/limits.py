@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from latentz.codec.format import MAX_PIXELS, Header, LatentzFormatError, ModelMismatchError
+from latentz.codec.format import MAX_PIXELS, CodecSettingError, Header, LatentzFormatError, ModelMismatchError
 from latentz.imaging import MAX_PIXELS as MAX_IMAGE_PIXELS
 
 MB_PER_CODED_MEGAPIXEL = 220
@@ -52,9 +52,11 @@ class SizeLimits:
     def __post_init__(self) -> None:
         for name in ("max_image_pixels", "max_coded_pixels", "max_coded_side"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise CodecSettingError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_coded_pixels > MAX_PIXELS:
-            raise ValueError(f"max_coded_pixels is at most {MAX_PIXELS:,}, the .latentz format's ceiling")
+            raise CodecSettingError(
+                f"max_coded_pixels is at most {MAX_PIXELS:,}, the .latentz format's ceiling"
+            )
 
     def with_option(self, raise_with: str) -> SizeLimits:
         return replace(self, raise_with=raise_with)

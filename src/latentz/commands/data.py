@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from latentz.commands import fail, user_command
+
 
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(
@@ -15,6 +17,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
 
     @data_app.command("info")
+    @user_command
     def info_command(
         spec: str = typer.Argument(..., help="mnist, fashion-mnist, idx:PATH or folder:DIR"),
         val_fraction: float = typer.Option(
@@ -29,8 +32,7 @@ def register(app: typer.Typer) -> None:
         try:
             info = describe(spec, val_fraction=val_fraction, seed=seed)
         except DatasetError as error:
-            typer.echo(f"Error: {error}", err=True)
-            raise typer.Exit(2) from None
+            fail(str(error))
         if as_json:
             typer.echo(json.dumps(info, indent=2))
             return
@@ -47,6 +49,7 @@ def register(app: typer.Typer) -> None:
         Console().print(table)
 
     @data_app.command("download")
+    @user_command
     def download_command(
         name: str = typer.Argument(..., help="mnist or fashion-mnist"),
     ) -> None:
@@ -56,6 +59,5 @@ def register(app: typer.Typer) -> None:
         try:
             target = download(name)
         except DatasetError as error:
-            typer.echo(f"Error: {error}", err=True)
-            raise typer.Exit(2) from None
+            fail(str(error))
         typer.echo(f"{name} is ready in {target}")

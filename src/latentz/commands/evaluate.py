@@ -10,15 +10,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from latentz.bundle import TRAIN_CONFIG_FILE, BundleInfo, training_val_fraction
+from latentz.commands import fail, user_command
 from latentz.files import sha256_file
 
 if TYPE_CHECKING:
     from latentz.data import ImageSet
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _location(spec: str) -> tuple[str, Path]:
@@ -104,7 +100,7 @@ def choose_split(split: str | None, data: str | None, info: BundleInfo) -> tuple
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    app.command("eval")(user_command(eval_command))
 
 
 def eval_command(
@@ -132,7 +128,7 @@ def eval_command(
 
     problem = missing_training_modules("latentz eval", {"torch": "to run the model's weights"})
     if problem:
-        raise _fail(f"{problem}.")
+        fail(f"{problem}.")
     info = _checked_bundle(model)
     spec = data or _card_spec(info)
     split, reason = choose_split(split, data, info)
@@ -144,7 +140,7 @@ def eval_command(
     try:
         vae = load_model(info.path)
     except (RuntimeError, OSError, ValueError) as error:
-        raise _fail(f"the weights of {info.path} could not be loaded ({error}).") from None
+        fail(f"the weights of {info.path} could not be loaded ({error}).")
     results = evaluate(vae, images.images, iwae_samples=iwae, seed=seed)
     results.update(
         {
@@ -169,12 +165,12 @@ def _checked_bundle(model: str) -> BundleInfo:
     try:
         info = read_bundle(model)
     except (BundleError, ConfigError, OSError, ValueError) as error:
-        raise _fail(str(error)) from None
+        fail(str(error))
     weights = info.path / "weights.safetensors"
     if not weights.is_file():
-        raise _fail(f"{info.path} has no weights.safetensors, and evaluation needs the torch weights.")
+        fail(f"{info.path} has no weights.safetensors, and evaluation needs the torch weights.")
     if info.fingerprint and sha256_file(weights) != info.fingerprint:
-        raise _fail(
+        fail(
             f"{weights} does not match the fingerprint in its card.json: the file is damaged or was replaced."
         )
     return info
@@ -185,13 +181,11 @@ def _card_spec(info: BundleInfo) -> str:
     from latentz.data import DatasetError, card_data_spec
 
     if not info.card.get("data"):
-        raise _fail(
-            f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC."
-        )
+        fail(f"{info.name}'s card names no data set, so there is nothing to default to; pass --data SPEC.")
     try:
         return card_data_spec(info)[0]
     except DatasetError as error:
-        raise _fail(f"{error}.") from None
+        fail(f"{error}.")
 
 
 def _images(info: BundleInfo, spec: str, split: str, limit: int | None, *, from_card: bool) -> ImageSet:
@@ -205,13 +199,13 @@ def _images(info: BundleInfo, spec: str, split: str, limit: int | None, *, from_
         )
     except DatasetError as error:
         if from_card:  # the card's spec, often a path relative to where training ran
-            raise _fail(
+            fail(
                 f"{error}. That data spec comes from {info.name}'s card ({info.path / 'card.json'}), "
                 f"read from {Path.cwd()}; pass --data SPEC to say where the images are."
-            ) from None
-        raise _fail(str(error)) from None
+            )
+        fail(str(error))
     if len(images) == 0:
-        raise _fail(f"the {split} split of {spec} holds no images; try --split all.")
+        fail(f"the {split} split of {spec} holds no images; try --split all.")
     return images
 
 

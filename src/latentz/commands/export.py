@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from latentz.commands import user_errors
+from latentz.commands import user_command
 
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
+    @user_command
     def export_command(
         model: str = typer.Argument(..., help="Bundle name or folder."),
     ) -> None:
@@ -17,13 +18,9 @@ def register(app: typer.Typer) -> None:
         The entropy model is refitted on the run's own training split; the ONNX files are checked
         against torch on validation images and the differences recorded in card.json.
         """
-        try:
-            from latentz.export import export_bundle
+        from latentz.export import export_bundle
 
-            fields = export_bundle(model)
-        except user_errors() as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
+        fields = export_bundle(model)
         onnx, entropy = fields["onnx"], fields["entropy_model"]
         typer.echo(
             f"exported {model}: ONNX opset {onnx['opset']}, max |torch - onnx| encoder "

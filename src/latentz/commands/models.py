@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from latentz.bundle import ENCODER_FILE, PACKAGED_BUNDLES, bundle_search_path, list_bundles, read_bundle
+from latentz.commands import user_command
 
 #: The fingerprint as a `.latentz` file carries it (its first 4 bytes, see docs/latentz-format.md),
 #: so a user can match the table against a decode error message.
@@ -115,6 +116,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("models")
+    @user_command
     def models_command(
         as_json: bool = typer.Option(False, "--json", help="Print one JSON list instead of a table."),
     ) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from latentz.commands import user_errors
+from latentz.commands import user_command
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +45,7 @@ def _own_size_images(
 
 def register(app: typer.Typer) -> None:
     @app.command("rd")
+    @user_command
     def rd_command(
         model: str = typer.Argument(..., help="Bundle name or folder."),
         data: str = typer.Option(
@@ -85,49 +86,45 @@ def register(app: typer.Typer) -> None:
         from latentz import rd
         from latentz import runtime as rt
         from latentz.bundle import atomic_write_json
-        from latentz.data import card_data_spec, load_bundle_split
+        from latentz.data import DatasetError, card_data_spec, load_bundle_split
         from latentz.plots import plot_rd
 
         latentz_qualities = _parse_qualities(qualities, rd.LATENTZ_QUALITIES)
         if own_size and image_size is not None:
             raise typer.BadParameter("give --own-size or --image-size, not both")
-        try:
-            runtime = rt.load(model)
-            config = runtime.config
-            if own_size and not config.fully_convolutional:
-                raise ValueError(
-                    f"{runtime.name} codes only {config.image_size}x{config.image_size} images (a fixed-size "
-                    "model); --own-size needs a fully convolutional (spatial) model"
-                )
-            if data:
-                spec, origin = data, data
-            else:
-                spec, origin = card_data_spec(runtime.info)
-            images = load_bundle_split(
-                runtime.info.path,
-                spec,
-                split,
-                image_size=image_size or config.image_size,
-                channels=config.channels,
-                limit=limit,
+        runtime = rt.load(model)
+        config = runtime.config
+        if own_size and not config.fully_convolutional:
+            raise rt.ModelRuntimeError(
+                f"{runtime.name} codes only {config.image_size}x{config.image_size} images (a fixed-size "
+                "model); --own-size needs a fully convolutional (spatial) model"
             )
-            if len(images) == 0:
-                raise ValueError(f"the {split} split of {spec} holds no images")
-            measured = (
-                _own_size_images(images, runtime.info.path, split, config.channels, limit)
-                if own_size
-                else images.images
-            )
-            typer.echo(f"data: {origin}", err=True)
-            result = rd.compare(
-                runtime,
-                measured,
-                qualities=latentz_qualities,
-                progress=lambda name: typer.echo(f"measuring {name} on {len(images)} images ...", err=True),
-            )
-        except user_errors() as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
+        if data:
+            spec, origin = data, data
+        else:
+            spec, origin = card_data_spec(runtime.info)
+        images = load_bundle_split(
+            runtime.info.path,
+            spec,
+            split,
+            image_size=image_size or config.image_size,
+            channels=config.channels,
+            limit=limit,
+        )
+        if len(images) == 0:
+            raise DatasetError(f"the {split} split of {spec} holds no images")
+        measured = (
+            _own_size_images(images, runtime.info.path, split, config.channels, limit)
+            if own_size
+            else images.images
+        )
+        typer.echo(f"data: {origin}", err=True)
+        result = rd.compare(
+            runtime,
+            measured,
+            qualities=latentz_qualities,
+            progress=lambda name: typer.echo(f"measuring {name} on {len(images)} images ...", err=True),
+        )
         split_note = images.source_note
         if own_size:
             split_note = re.sub(r"; resized to \d+x\d+ keeping aspect, centre-cropped$", "", split_note) + (

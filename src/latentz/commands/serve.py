@@ -8,6 +8,8 @@ import os
 
 import typer
 
+from latentz.commands import user_command
+
 
 def default_jobs(workers: int) -> int:
     """Inference jobs per worker when not given: the machine's cores shared out (at least 2 in all)."""
@@ -16,6 +18,7 @@ def default_jobs(workers: int) -> int:
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
+    @user_command
     def serve_command(
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
         port: int = typer.Option(8000, "--port", help="TCP port."),

@@ -16,11 +16,12 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 
 from latentz.bundle import CARD_FILE, TRAIN_CONFIG_FILE
+from latentz.commands import fail, user_command
 from latentz.config import LIKELIHOODS, LR_SCHEDULES, ConfigError, TrainConfig
 from latentz.recipes import build_config, read_config_file
 
@@ -71,7 +72,7 @@ def parse_widths(text: str) -> list[int]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    app.command("train")(user_command(train_command))
 
 
 def train_command(
@@ -177,7 +178,7 @@ def train_command(
     """Train a VAE and write a model bundle (weights, config, card, plots) into --out."""
     problem = missing_training_modules("latentz train")
     if problem:
-        _fail(f"{problem}. Nothing was trained.")
+        fail(f"{problem}. Nothing was trained.")
     run_flags = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -226,9 +227,9 @@ def _train(
             config = context.run_on_main(configure)
             return fit(config, out, context, resume=resume, command=default_command(), progress=progress)
     except (ConfigError, DatasetError, TrainingError, distributed.DistributedError) as error:
-        _fail(str(error))
+        fail(str(error))
     except KeyboardInterrupt:
-        _fail(
+        fail(
             f"interrupted. The last finished epoch is checkpointed: continue with "
             f"`latentz train -o {out} --resume`.",
             code=130,
@@ -262,9 +263,3 @@ def finished_sentence(bundle_dir: Path, card: dict[str, Any]) -> str:
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job, or a plain process: the one that talks to the user (no torch import)."""
     return os.environ.get("RANK", "0") == "0"
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    if is_main_process():
-        typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)

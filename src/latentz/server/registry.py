@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +18,9 @@ from latentz.bundle import (
     DECODER_FILE,
     ENCODER_FILE,
     ENTROPY_MODEL_FILE,
+    RESCAN_INTERVAL_S,
     BundleInfo,
-    list_bundles,
-    read_bundle,
+    ModelIndex,
 )
 from latentz.codec import FINGERPRINT_BYTES, Header
 from latentz.server.errors import ApiError
@@ -30,9 +29,6 @@ log = logging.getLogger("latentz.server")
 
 SERVED_FILES = (ENCODER_FILE, DECODER_FILE, ENTROPY_MODEL_FILE)
 """What the browser may fetch from a bundle; weights and checkpoints stay private."""
-RESCAN_INTERVAL_S = 2.0
-"""Least time between two rescans of the bundle folders asked for by requests (an unknown model
-name or fingerprint, the model list): a flood of made-up names costs one folder scan per interval."""
 
 
 def finite_json(value: Any) -> Any:
@@ -47,56 +43,40 @@ def finite_json(value: Any) -> Any:
 
 
 class ModelRegistry:
-    """Installed bundles by name, each with one shared `ModelRuntime` (one ONNX session per network)."""
+    """The server's view of `latentz.bundle.ModelIndex`: its lookups as API answers (404 for an unknown
+    name, 409 for a model not exported or a fingerprint no model has), runtimes from the process's one
+    cache (`latentz.runtime.runtime_for`), and the model list's summaries."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.Lock()
-        self._infos: dict[str, BundleInfo] = {}
-        self._runtimes: dict[str, runtime.ModelRuntime] = {}
-        self._clock = clock
-        self._scanned_at = -math.inf
-        self.problems: dict[str, str] = {}
+        self.index = ModelIndex(clock=clock, rescan_interval_s=RESCAN_INTERVAL_S)
+        self._load_problems: dict[str, str] = {}
+        self._load_problems_scan = 0
+
+    @property
+    def problems(self) -> dict[str, str]:
         """Bundles that cannot be used, by name, with why (no paths: `GET /api/health` shows them)."""
+        unreadable = {
+            name: f"unreadable bundle: {_without_paths(error, path)}"
+            for name, (path, error) in self.index.problems.items()
+        }
+        current = self._load_problems_scan == self.index.scans  # a rescan forgets them, as it retries
+        return {**unreadable, **(self._load_problems if current else {})}
 
     def refresh(self) -> None:
         """Rescan the bundle search path now (new bundles appear without a restart)."""
-        self._scanned_at = self._clock()
-        infos: dict[str, BundleInfo] = {}
-        problems: dict[str, str] = {}
-        for path in list_bundles():
-            try:
-                infos[path.name] = read_bundle(path)
-            except (OSError, ValueError) as error:
-                log.warning("unreadable bundle at %s: %s", path, error)
-                problems[path.name] = f"unreadable bundle: {_without_paths(error, path)}"
-        with self._lock:
-            for name, info in infos.items():
-                known = self._infos.get(name)
-                if known is None or known.path != info.path or known.fingerprint != info.fingerprint:
-                    self._runtimes.pop(name, None)
-            self._infos = infos
-            self.problems = problems
+        self.index.refresh()
+        for path, error in self.index.problems.values():
+            log.warning("unreadable bundle at %s: %s", path, error)
 
     def rescan(self) -> bool:
         """Rescan unless the last scan is under `RESCAN_INTERVAL_S` old; whether it rescanned."""
-        with self._lock:
-            now = self._clock()
-            if now - self._scanned_at < RESCAN_INTERVAL_S:
-                return False
-            self._scanned_at = now  # taken: concurrent callers do not scan as well
-        self.refresh()
-        return True
+        return self.index.rescan()
 
     def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._infos)
+        return self.index.names()
 
     def info(self, name: str) -> BundleInfo:
-        with self._lock:
-            info = self._infos.get(name)
-        if info is None and self.rescan():
-            with self._lock:
-                info = self._infos.get(name)
+        info = self.index.by_name(name)
         if info is None:
             installed = self.names()
             shown = name if len(name) <= 80 else name[:80] + "..."
@@ -114,35 +94,26 @@ class ModelRegistry:
 
     def runtime(self, name: str) -> runtime.ModelRuntime:
         """The shared runtime of an exported model; 404 if unknown, 409 if not exported."""
-        info = self.info(name)
+        return self._runtime(self.info(name))
+
+    def _runtime(self, info: BundleInfo) -> runtime.ModelRuntime:
         missing = self.missing_files(info)
         if missing:
             raise ApiError(
                 409,
-                f"model {name!r} cannot run here: {', '.join(missing)} missing; run `latentz export {name}`",
+                f"model {info.name!r} cannot run here: {', '.join(missing)} missing; run "
+                f"`latentz export {info.name}`",
                 "model_not_exported",
                 missing=missing,
             )
-        with self._lock:
-            loaded = self._runtimes.get(name)
-            if loaded is None:
-                loaded = self._runtimes[name] = runtime.load(info.path)
-            return loaded
+        return runtime.runtime_for(info)
 
     def for_header(self, header: Header) -> runtime.ModelRuntime:
         """The installed model whose fingerprint the file carries; 409 naming the fingerprint if none."""
+        info = self.index.by_fingerprint(header.fingerprint)
+        if info is not None:
+            return self._runtime(info)
         wanted = header.fingerprint.hex()
-        for attempt in range(2):
-            with self._lock:
-                matches = [
-                    name
-                    for name, info in self._infos.items()
-                    if info.fingerprint[: 2 * FINGERPRINT_BYTES] == wanted
-                ]
-            if matches:
-                return self.runtime(sorted(matches)[0])
-            if attempt == 0 and not self.rescan():
-                break
         installed = self.names()
         raise ApiError(
             409,
@@ -166,15 +137,15 @@ class ModelRegistry:
                 loaded.append(name)
             except Exception as error:  # one broken bundle must not stop the server
                 log.warning("could not load model %s: %s", name, error)
-                self.problems[name] = f"could not load: {_without_paths(error, info.path)}"
+                if self._load_problems_scan != self.index.scans:
+                    self._load_problems, self._load_problems_scan = {}, self.index.scans
+                self._load_problems[name] = f"could not load: {_without_paths(error, info.path)}"
         return loaded
 
     def encoding_infos(self) -> list[BundleInfo]:
         """The installed models this server can encode with and show (every browser file present):
         the candidates of `latentz.choice`'s rule for ``POST /api/encode``."""
-        with self._lock:
-            infos = list(self._infos.values())
-        return [info for info in infos if not self.missing_files(info)]
+        return [info for info in self.index.infos() if not self.missing_files(info)]
 
     def summary(self, info: BundleInfo) -> dict[str, Any]:
         """What the model list shows: enough for a page to pick and load a model, and the quality
