@@ -255,6 +255,35 @@ def lean_model(model: bytes, precision: Precision) -> bytes:
         raise LeanModelError(f"not an ONNX model this module can rewrite: {error}") from None
 
 
+def _rewrite_weight(
+    name: str, values: np.ndarray, axis: int | None, precision: Precision, fresh: Any
+) -> tuple[str | None, list[bytes], list[bytes]]:
+    """One float32 weight as ``(kind, new initializers, nodes that restore it under its name)``:
+    int8 with per-channel scales (big matrices with a known output axis), else float16, else
+    ``(None, [], [])`` to keep it as it is (values beyond float16's range)."""
+    if precision == "int8" and values.size >= MIN_INT8_VALUES and axis is not None:
+        quantized, scale = _quantize(values, axis)
+        stored, restored, scale_name = (
+            fresh(f"{name}.int8"),
+            fresh(f"{name}.int8.float"),
+            fresh(f"{name}.scale"),
+        )
+        initializers = [
+            _bytes_field(GRAPH_INITIALIZER, _tensor(stored, quantized, INT8)),
+            _bytes_field(GRAPH_INITIALIZER, _tensor(scale_name, scale, FLOAT)),
+        ]
+        nodes = [
+            _node("Cast", [stored], restored, fresh(f"{name}.cast"), to_type=FLOAT),
+            _node("Mul", [restored, scale_name], name, fresh(f"{name}.rescale")),
+        ]
+        return "int8", initializers, nodes
+    if np.abs(values).max() <= np.finfo(np.float16).max:
+        stored = fresh(f"{name}.fp16")
+        initializer = _bytes_field(GRAPH_INITIALIZER, _tensor(stored, values.astype(np.float16), FLOAT16))
+        return "fp16", [initializer], [_node("Cast", [stored], name, fresh(f"{name}.cast"), to_type=FLOAT)]
+    return None, [], []
+
+
 def _lean_model(model: bytes, precision: Precision) -> bytes:
     top = list(_fields(model))
     graphs = [field for field in top if field.number == MODEL_GRAPH and field.wire == LENGTH]
@@ -288,29 +317,13 @@ def _lean_model(model: bytes, precision: Precision) -> bytes:
             graph_out.append(field.raw)
             continue
         axis = _output_axis(uses.get(name, []), values.ndim)
-        if precision == "int8" and values.size >= MIN_INT8_VALUES and axis is not None:
-            quantized, scale = _quantize(values, axis)
-            stored, restored, scale_name = (
-                fresh(f"{name}.int8"),
-                fresh(f"{name}.int8.float"),
-                fresh(f"{name}.scale"),
-            )
-            graph_out += [
-                _bytes_field(GRAPH_INITIALIZER, _tensor(stored, quantized, INT8)),
-                _bytes_field(GRAPH_INITIALIZER, _tensor(scale_name, scale, FLOAT)),
-            ]
-            nodes.append(_node("Cast", [stored], restored, fresh(f"{name}.cast"), to_type=FLOAT))
-            nodes.append(_node("Mul", [restored, scale_name], name, fresh(f"{name}.rescale")))
-            counts["int8"] += 1
-        elif np.abs(values).max() <= np.finfo(np.float16).max:
-            stored = fresh(f"{name}.fp16")
-            graph_out.append(
-                _bytes_field(GRAPH_INITIALIZER, _tensor(stored, values.astype(np.float16), FLOAT16))
-            )
-            nodes.append(_node("Cast", [stored], name, fresh(f"{name}.cast"), to_type=FLOAT))
-            counts["fp16"] += 1
-        else:
+        kind, initializers, restoring = _rewrite_weight(name, values, axis, precision, fresh)
+        if kind is None:
             graph_out.append(field.raw)
+            continue
+        graph_out += initializers
+        nodes += restoring
+        counts[kind] += 1
     # The new nodes come first: they read only initializers, and ONNX wants nodes in dependency order.
     new_graph = b"".join(_bytes_field(GRAPH_NODE, node) for node in nodes) + b"".join(graph_out)
     note = (

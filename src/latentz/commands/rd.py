@@ -43,108 +43,116 @@ def _own_size_images(
     return list(native.images)
 
 
+@user_command
+def rd_command(
+    model: str = typer.Argument(..., help="Bundle name or folder."),
+    data: str = typer.Option(
+        None,
+        "--data",
+        help="Images to measure on (data spec); default: the model's own data as its card names it "
+        "(a relative path is also looked for from the folder the model was trained in).",
+    ),
+    split: str = typer.Option("val", "--split", help="train, val, test or all (default: held-out val)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
+    image_size: int = typer.Option(
+        None,
+        "--image-size",
+        min=8,
+        help="Square side the images are cropped and resized to (default: the model's training "
+        "size; a spatial model can be measured at any size).",
+    ),
+    own_size: bool = typer.Option(
+        False,
+        "--own-size",
+        help="Code each photo whole at its own size, not cropped to a square (fully convolutional "
+        "models only); every codec gets the same photos.",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for the JSON files and rd.png (default: rd-MODEL, or rd-MODEL-own-size).",
+    ),
+    qualities: str = typer.Option(None, "--qualities", help="latentz qualities, e.g. 0,25,50,75,100."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Measure bytes per image against PSNR/SSIM for latentz, JPEG, WebP and AVIF on the same images.
+
+    Writes one CompressAI-layout JSON per codec, summary.json and rd.png, and prints the
+    BD-rate of latentz against each classic codec over the PSNR range both reach.
+    """
+    from latentz import rd
+    from latentz import runtime as rt
+    from latentz.data import DatasetError, card_data_spec, load_bundle_split
+
+    latentz_qualities = _parse_qualities(qualities, rd.LATENTZ_QUALITIES)
+    if own_size and image_size is not None:
+        raise typer.BadParameter("give --own-size or --image-size, not both")
+    runtime = rt.load(model)
+    config = runtime.config
+    if own_size and not config.fully_convolutional:
+        raise rt.ModelRuntimeError(
+            f"{runtime.name} codes only {config.image_size}x{config.image_size} images (a fixed-size "
+            "model); --own-size needs a fully convolutional (spatial) model"
+        )
+    if data:
+        spec, origin = data, data
+    else:
+        spec, origin = card_data_spec(runtime.info)
+    images = load_bundle_split(
+        runtime.info.path,
+        spec,
+        split,
+        image_size=image_size or config.image_size,
+        channels=config.channels,
+        limit=limit,
+    )
+    if len(images) == 0:
+        raise DatasetError(f"the {split} split of {spec} holds no images")
+    measured = (
+        _own_size_images(images, runtime.info.path, split, config.channels, limit)
+        if own_size
+        else images.images
+    )
+    typer.echo(f"data: {origin}", err=True)
+    result = rd.compare(
+        runtime,
+        measured,
+        qualities=latentz_qualities,
+        progress=lambda name: typer.echo(f"measuring {name} on {len(images)} images ...", err=True),
+    )
+    split_note = images.source_note
+    if own_size:
+        split_note = re.sub(r"; resized to \d+x\d+ keeping aspect, centre-cropped$", "", split_note) + (
+            "; each image coded whole at its own size (latentz pads to whole latent cells and crops "
+            "back; every codec codes, and is scored on, the same pixels)"
+        )
+    result.update({"data": spec, "split": split, "split_note": split_note, "own_size": own_size})
+    folder = out or Path(f"rd-{runtime.name}" + ("-own-size" if own_size else ""))
+    _write(result, folder)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    _print(result, folder)
+
+
+def _write(result: dict, folder: Path) -> None:
+    """One CompressAI-layout JSON per codec, summary.json and the rd.png plot, in ``folder``."""
+    from latentz.bundle import atomic_write_json
+    from latentz.plots import plot_rd
+
+    for name, entry in result["codecs"].items():
+        atomic_write_json(folder / f"{name}.json", entry)
+    atomic_write_json(folder / "summary.json", result)
+    curves = {
+        name: list(zip(entry["results"]["bytes"], entry["results"]["psnr"], strict=True))
+        for name, entry in result["codecs"].items()
+    }
+    plot_rd(curves, folder / "rd.png", title=plot_title(result))
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("rd")
-    @user_command
-    def rd_command(
-        model: str = typer.Argument(..., help="Bundle name or folder."),
-        data: str = typer.Option(
-            None,
-            "--data",
-            help="Images to measure on (data spec); default: the model's own data as its card names it "
-            "(a relative path is also looked for from the folder the model was trained in).",
-        ),
-        split: str = typer.Option("val", "--split", help="train, val, test or all (default: held-out val)."),
-        limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N images."),
-        image_size: int = typer.Option(
-            None,
-            "--image-size",
-            min=8,
-            help="Square side the images are cropped and resized to (default: the model's training "
-            "size; a spatial model can be measured at any size).",
-        ),
-        own_size: bool = typer.Option(
-            False,
-            "--own-size",
-            help="Code each photo whole at its own size, not cropped to a square (fully convolutional "
-            "models only); every codec gets the same photos.",
-        ),
-        out: Path = typer.Option(
-            None,
-            "--out",
-            "-o",
-            help="Folder for the JSON files and rd.png (default: rd-MODEL, or rd-MODEL-own-size).",
-        ),
-        qualities: str = typer.Option(None, "--qualities", help="latentz qualities, e.g. 0,25,50,75,100."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    ) -> None:
-        """Measure bytes per image against PSNR/SSIM for latentz, JPEG, WebP and AVIF on the same images.
-
-        Writes one CompressAI-layout JSON per codec, summary.json and rd.png, and prints the
-        BD-rate of latentz against each classic codec over the PSNR range both reach.
-        """
-        from latentz import rd
-        from latentz import runtime as rt
-        from latentz.bundle import atomic_write_json
-        from latentz.data import DatasetError, card_data_spec, load_bundle_split
-        from latentz.plots import plot_rd
-
-        latentz_qualities = _parse_qualities(qualities, rd.LATENTZ_QUALITIES)
-        if own_size and image_size is not None:
-            raise typer.BadParameter("give --own-size or --image-size, not both")
-        runtime = rt.load(model)
-        config = runtime.config
-        if own_size and not config.fully_convolutional:
-            raise rt.ModelRuntimeError(
-                f"{runtime.name} codes only {config.image_size}x{config.image_size} images (a fixed-size "
-                "model); --own-size needs a fully convolutional (spatial) model"
-            )
-        if data:
-            spec, origin = data, data
-        else:
-            spec, origin = card_data_spec(runtime.info)
-        images = load_bundle_split(
-            runtime.info.path,
-            spec,
-            split,
-            image_size=image_size or config.image_size,
-            channels=config.channels,
-            limit=limit,
-        )
-        if len(images) == 0:
-            raise DatasetError(f"the {split} split of {spec} holds no images")
-        measured = (
-            _own_size_images(images, runtime.info.path, split, config.channels, limit)
-            if own_size
-            else images.images
-        )
-        typer.echo(f"data: {origin}", err=True)
-        result = rd.compare(
-            runtime,
-            measured,
-            qualities=latentz_qualities,
-            progress=lambda name: typer.echo(f"measuring {name} on {len(images)} images ...", err=True),
-        )
-        split_note = images.source_note
-        if own_size:
-            split_note = re.sub(r"; resized to \d+x\d+ keeping aspect, centre-cropped$", "", split_note) + (
-                "; each image coded whole at its own size (latentz pads to whole latent cells and crops "
-                "back; every codec codes, and is scored on, the same pixels)"
-            )
-        result.update({"data": spec, "split": split, "split_note": split_note, "own_size": own_size})
-        folder = out or Path(f"rd-{runtime.name}" + ("-own-size" if own_size else ""))
-        for name, entry in result["codecs"].items():
-            atomic_write_json(folder / f"{name}.json", entry)
-        atomic_write_json(folder / "summary.json", result)
-        curves = {
-            name: list(zip(entry["results"]["bytes"], entry["results"]["psnr"], strict=True))
-            for name, entry in result["codecs"].items()
-        }
-        plot_rd(curves, folder / "rd.png", title=plot_title(result))
-        if as_json:
-            typer.echo(json.dumps(result))
-            return
-        _print(result, folder)
+    app.command("rd")(rd_command)
 
 
 def plot_title(result: dict) -> str:
