@@ -65,33 +65,16 @@ def bernoulli_nats(x: np.ndarray, p: np.ndarray) -> np.ndarray:
     return -(x * np.log(p) + (1 - x) * np.log1p(-p)).reshape(len(x), -1).sum(axis=1)
 
 
-def measure_model(name: str, limit: int | None) -> tuple[dict[str, Any], np.ndarray | None]:
-    from latentz import browser_models, metrics
-    from latentz.bundle import read_bundle
-    from latentz.data import load_dataset
-
-    info = read_bundle(name)
-    config = info.config
-    data = load_dataset(
-        info.card["data"], split="test", image_size=config.image_size, channels=config.channels, limit=limit
-    )
-    x = data.images.astype(np.float32).transpose(0, 3, 1, 2) / 255
-    files = {
-        "encoder": info.file("encoder.onnx").read_bytes(),
-        "decoder": info.file("decoder.onnx").read_bytes(),
-    }
-    networks = {"encoder": files["encoder"], "decoder": files["decoder"]}
-    networks["decoder_fp16"] = browser_models.lean_model(files["decoder"], "fp16")
-    settings = {"original": ("encoder", "decoder"), "receiver (fp16 decoder)": ("encoder", "decoder_fp16")}
-    if not config.fully_convolutional:
-        networks["encoder_int8"] = browser_models.lean_model(files["encoder"], "int8")
-        networks["decoder_int8"] = browser_models.lean_model(files["decoder"], "int8")
-        settings["explorer (int8 encoder and decoder)"] = ("encoder_int8", "decoder_int8")
-    sessions = {key: session(model) for key, model in networks.items()}
-    sizes = {
-        key: {"bytes": len(model), "gzip_bytes": len(gzip.compress(model, 6, mtime=0))}
-        for key, model in networks.items()
-    }
+def measure_settings(
+    settings: dict[str, tuple[str, str]],
+    sessions: dict[str, Any],
+    images: np.ndarray,
+    x: np.ndarray,
+    likelihood: str,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Each (encoder, decoder) pair on the held-out images: PSNR, the -ELBO with one shared noise
+    draw (Bernoulli models), and how far its pixels are from the original pair's."""
+    from latentz import metrics
 
     noise_rng = np.random.default_rng(1)
     results: dict[str, Any] = {}
@@ -102,8 +85,8 @@ def measure_model(name: str, limit: int | None) -> tuple[dict[str, Any], np.ndar
         mean, logvar = run(sessions[encoder_key], x)[:2]
         shown = to_uint8(run(sessions[decoder_key], mean)[0])
         row: dict[str, Any] = {"encoder": encoder_key, "decoder": decoder_key}
-        row["psnr_db"] = float(np.mean([metrics.psnr(a, b) for a, b in zip(data.images, shown, strict=True)]))
-        if config.likelihood == "bernoulli":
+        row["psnr_db"] = float(np.mean([metrics.psnr(a, b) for a, b in zip(images, shown, strict=True)]))
+        if likelihood == "bernoulli":
             if noise is None:
                 noise = noise_rng.standard_normal(mean.shape).astype(np.float32)
             z = mean + noise * np.exp(0.5 * logvar)
@@ -131,6 +114,54 @@ def measure_model(name: str, limit: int | None) -> tuple[dict[str, Any], np.ndar
             reference["shown"] = shown
         results[label] = row
         pictures[label] = shown
+    return results, pictures
+
+
+def comparison_picture(
+    sessions: dict[str, Any], prior: np.ndarray, images: np.ndarray, pictures: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Rows of 12: held-out digits, original and int8 reconstructions, their difference x10, and prior
+    samples through both decoders."""
+    explorer = "explorer (int8 encoder and decoder)"
+    count = 12
+    original_prior = to_uint8(run(sessions["decoder"], prior)[0])[:count]
+    lean_prior = to_uint8(run(sessions["decoder_int8"], prior)[0])[:count]
+    held_out = images[:count]
+    recon, lean_recon = pictures["original"][:count], pictures[explorer][:count]
+    difference = np.clip(np.abs(recon.astype(int) - lean_recon.astype(int)) * 10, 0, 255).astype(np.uint8)
+    rows = [held_out, recon, lean_recon, difference, original_prior, lean_prior]
+    return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+
+
+def measure_model(name: str, limit: int | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    from latentz import browser_models
+    from latentz.bundle import read_bundle
+    from latentz.data import load_dataset
+
+    info = read_bundle(name)
+    config = info.config
+    data = load_dataset(
+        info.card["data"], split="test", image_size=config.image_size, channels=config.channels, limit=limit
+    )
+    x = data.images.astype(np.float32).transpose(0, 3, 1, 2) / 255
+    files = {
+        "encoder": info.file("encoder.onnx").read_bytes(),
+        "decoder": info.file("decoder.onnx").read_bytes(),
+    }
+    networks = {"encoder": files["encoder"], "decoder": files["decoder"]}
+    networks["decoder_fp16"] = browser_models.lean_model(files["decoder"], "fp16")
+    settings = {"original": ("encoder", "decoder"), "receiver (fp16 decoder)": ("encoder", "decoder_fp16")}
+    if not config.fully_convolutional:
+        networks["encoder_int8"] = browser_models.lean_model(files["encoder"], "int8")
+        networks["decoder_int8"] = browser_models.lean_model(files["decoder"], "int8")
+        settings["explorer (int8 encoder and decoder)"] = ("encoder_int8", "decoder_int8")
+    sessions = {key: session(model) for key, model in networks.items()}
+    sizes = {
+        key: {"bytes": len(model), "gzip_bytes": len(gzip.compress(model, 6, mtime=0))}
+        for key, model in networks.items()
+    }
+
+    results, pictures = measure_settings(settings, sessions, data.images, x, config.likelihood)
 
     prior = browser_models.probe_latents(config.latent_shape(), count=16, seed=3)
     gate = browser_models.output_error(
@@ -156,15 +187,7 @@ def measure_model(name: str, limit: int | None) -> tuple[dict[str, Any], np.ndar
             encoder=files["encoder"],
         )
         report["server_check_grey_levels"].update({f"{key}_int8": value for key, value in checks.items()})
-        explorer = "explorer (int8 encoder and decoder)"
-        count = 12
-        original_prior = to_uint8(run(sessions["decoder"], prior)[0])[:count]
-        lean_prior = to_uint8(run(sessions["decoder_int8"], prior)[0])[:count]
-        held_out = data.images[:count]
-        recon, lean_recon = pictures["original"][:count], pictures[explorer][:count]
-        difference = np.clip(np.abs(recon.astype(int) - lean_recon.astype(int)) * 10, 0, 255).astype(np.uint8)
-        rows = [held_out, recon, lean_recon, difference, original_prior, lean_prior]
-        picture = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+        picture = comparison_picture(sessions, prior, data.images, pictures)
     return report, picture
 
 
