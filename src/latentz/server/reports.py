@@ -104,8 +104,8 @@ def encode_report(
 ) -> dict[str, Any]:
     """The codec page's report: sizes, the model's input, the reconstruction and WebP at the same budget."""
     model = settings.model
-    header, _ = codec.unpack(blob)
-    reconstruction = model.decompress(blob, sizes)
+    header, payload = codec.unpack(blob)
+    reconstruction = model.decompress_parsed(header, payload, sizes)
     webp = _webp_at_budget(prepared.image, len(blob))
     height, width, channels = prepared.image.shape
     return {

@@ -115,12 +115,13 @@ def open_upload_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ApiError(400, f"corrupt {sniffed} image: {error}".replace("<bytes>: ", "")) from None
 
 
-def parse_latentz(data: bytes) -> codec.Header:
-    """Check a .latentz upload's container (magic, version, checksum) and return its header."""
+def parse_latentz(data: bytes) -> tuple[codec.Header, bytes]:
+    """Check a .latentz upload's container (magic, version, checksum): its header and payload, so
+    the decode that follows does not unpack the file again."""
     if not data:
         raise ApiError(400, "the uploaded file is empty")
     try:
-        header, _ = codec.unpack(data)
+        header, payload = codec.unpack(data)
     except codec.UnsupportedVersionError as error:
         raise ApiError(415, str(error), detected="latentz") from None
     except codec.BadMagicError:
@@ -132,7 +133,7 @@ def parse_latentz(data: bytes) -> codec.Header:
         raise ApiError(415, message, detected="unknown") from None
     except codec.LatentzFormatError as error:
         raise ApiError(400, str(error)) from None
-    return header
+    return header, payload
 
 
 def _image_format(data: bytes) -> str | None:

@@ -138,27 +138,28 @@ async def encode(
 
 async def file_and_model(
     state: ServerState, upload: UploadFile, name: str | None
-) -> tuple[bytes, codec.Header, ModelRuntime]:
-    """The upload, its checked header and the model to run it with, before it may queue."""
+) -> tuple[bytes, codec.Header, bytes, ModelRuntime]:
+    """The upload, its checked header, its payload and the model to run it with, before it may
+    queue (the file is unpacked here, once)."""
     data = await read_upload(upload, state.limits)
 
-    def check() -> tuple[codec.Header, ModelRuntime]:
-        header = parse_latentz(data)  # CRC over the whole file: a thread, not the event loop
+    def check() -> tuple[codec.Header, bytes, ModelRuntime]:
+        header, payload = parse_latentz(data)  # CRC over the whole file: a thread, not the event loop
         model = state.registry.runtime(name) if name else state.registry.for_header(header)
         with model_errors():
             model.check_header(header, state.sizes)  # declared sizes judged before the file may queue
-        return header, model
+        return header, payload, model
 
-    header, model = await run_in_threadpool(check)
-    return data, header, model
+    header, payload, model = await run_in_threadpool(check)
+    return data, header, payload, model
 
 
 async def decode_png(state: ServerState, jobs: Jobs, upload: UploadFile, name: str | None) -> Response:
-    data, header, model = await file_and_model(state, upload, name)
+    _, header, payload, model = await file_and_model(state, upload, name)
 
     def work() -> Response:
         return Response(
-            imaging.png_bytes(model.decompress(data, state.sizes)),
+            imaging.png_bytes(model.decompress_parsed(header, payload, state.sizes)),
             media_type="image/png",
             headers={"X-Latentz-Model": model.name, "X-Latentz-Size": f"{header.width}x{header.height}"},
         )
@@ -196,10 +197,10 @@ async def read_file(
 
     The receiver page runs the model's decoder.onnx on this latent in the browser.
     """
-    data, _, runtime_model = await file_and_model(state, file, model)
+    data, parsed, payload, runtime_model = await file_and_model(state, file, model)
 
     def work() -> Response:
-        header, latent_values = runtime_model.read(data, state.sizes)
+        header, latent_values = runtime_model.read_parsed(parsed, payload, state.sizes)
         return json_answer(
             {
                 "model": runtime_model.name,
