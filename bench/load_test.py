@@ -94,9 +94,14 @@ class ServerProcess:
         return total
 
 
+def _warmed_up(response: httpx.Response) -> bool:
+    return response.status_code == 200 and bool(response.json().get("warmed_up"))
+
+
 @contextlib.contextmanager
 def latentz_serve(*extra: str, start_timeout_s: float = 120.0) -> Iterator[ServerProcess]:
-    """`latentz serve` on a free loopback port until the block ends; yields once it answers."""
+    """`latentz serve` on a free loopback port until the block ends; yields once it answers and has
+    finished its start-up work (so memory measured from then on is the steady state's)."""
     port = free_port()
     command = [
         sys.executable,
@@ -111,7 +116,12 @@ def latentz_serve(*extra: str, start_timeout_s: float = 120.0) -> Iterator[Serve
     ]
     url = f"http://127.0.0.1:{port}"
     with running(
-        command, f"{url}/api/health", name="latentz serve", start_timeout_s=start_timeout_s, cwd=REPO
+        command,
+        f"{url}/api/health",
+        name="latentz serve",
+        start_timeout_s=start_timeout_s,
+        cwd=REPO,
+        ready=_warmed_up,
     ) as process:
         yield ServerProcess(url, process)
 

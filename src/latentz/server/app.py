@@ -150,6 +150,8 @@ def _start(state: ServerState, preload: bool) -> None:
             log.warning("%s", package.detail)
     if preload:  # compress the big files and make the lean networks before the first visitor asks
         threading.Thread(target=_warm_up, args=(state,), name="latentz-warm-up", daemon=True).start()
+    else:
+        state.warmed.set()
 
 
 def _warm_up(state: ServerState) -> None:
@@ -165,6 +167,8 @@ def _warm_up(state: ServerState) -> None:
                 state.model_files.urls(state.registry.info(name), SERVED_FILES)
     except Exception:  # a warm-up that fails leaves the work to the first request
         log.exception("warming up the browser files failed")
+    finally:
+        state.warmed.set()
 
 
 def _add_middleware(app: FastAPI, limits: Limits, sampling: APIRouter) -> None:

@@ -6,6 +6,7 @@ what it needs (``state: Server``, ``jobs: Jobs``) instead of closing over it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +42,9 @@ class ServerState:
     """Which worker answered, for `latentz serve --workers N` (random: a PID tells strangers too much)."""
     openapi_payload: list[assets.Payload] = field(default_factory=list)
     """The OpenAPI document, rendered and compressed on first request (it is fixed once the app runs)."""
+    warmed: threading.Event = field(default_factory=threading.Event)
+    """Set once start-up work is done (sessions, compressed browser files, lean networks): health says
+    so, and a measurement of steady memory starts after it."""
 
     async def runtime(self, name: str) -> ModelRuntime:
         """The named model: 404 for an unknown name, 409 for one not exported; in a thread, since an

@@ -35,6 +35,7 @@ async def health(state: Server) -> dict[str, Any]:
     registry, gate = state.registry, state.gate
     return {
         "status": "ok",
+        "warmed_up": state.warmed.is_set(),  # start-up work (compressed files, lean networks) done
         "version": latentz.__version__,
         "worker": state.worker,  # which worker answered, with `latentz serve --workers N`
         "models": registry.names(),
