@@ -45,7 +45,7 @@ def codec() -> HyperpriorCodec:
         loss.backward()
         optimiser.step()
     with torch.no_grad():
-        y = model.g_a(images)
+        y = model.analyse(images)
         model.h_s.calibrate(torch.floor(model.h_a(y) + 0.5), tuple(y.shape[-2:]))
     return model.eval()
 
@@ -56,15 +56,16 @@ def test_training_lowers_the_rate_distortion_loss() -> None:
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     images = smooth_images(8, 32, seed=2)
     levels = torch.tensor([0, 1] * 4)
-    first = float(model(images, levels)["loss"].detach())
-    for _ in range(40):
+    first = model(images, levels)
+    for _ in range(60):
         out = model(images, levels)
         optimiser.zero_grad()
         out["loss"].backward()
         optimiser.step()
     torch.manual_seed(1)
     last = model(images, levels)
-    assert float(last["loss"].detach()) < 0.5 * first
+    assert float(last["loss"].detach()) < 0.7 * float(first["loss"].detach())
+    assert float(last["mse"].mean()) < 0.7 * float(first["mse"].mean())
     assert torch.all(last["bpp_y"] > 0) and torch.all(last["bpp_z"] > 0)
     bpp = last["bpp_y"] + last["bpp_z"]
     assert float(bpp[levels == 1].mean()) > float(bpp[levels == 0].mean())  # higher λ, finer steps
@@ -105,7 +106,7 @@ def test_factorized_tables_follow_the_learned_density() -> None:
 
 
 def test_the_integer_twin_matches_the_simulated_integer_network(codec: HyperpriorCodec) -> None:
-    z = torch.floor(codec.h_a(codec.g_a(smooth_images(4, 64, seed=3))) + 0.5).detach()
+    z = torch.floor(codec.h_a(codec.analyse(smooth_images(4, 64, seed=3))) + 0.5).detach()
     with torch.no_grad():
         mean_sim, index_sim = codec.h_s(z, (4, 4))
     twin = codec.h_s.to_integer()
@@ -119,7 +120,7 @@ def test_the_integer_twin_matches_the_simulated_integer_network(codec: Hyperprio
 
 def encode(model: HyperpriorCodec, image: torch.Tensor, offsets: np.ndarray) -> tuple[bytes, dict]:
     with torch.no_grad():
-        y = model.g_a(image)[0].numpy()
+        y = model.analyse(image)[0].numpy()
         z = torch.floor(model.h_a(torch.from_numpy(y)[None]) + 0.5)[0].long().numpy()
     twin = model.h_s.to_integer()
     raw, mean = twin(z, y.shape[1:])
@@ -163,7 +164,7 @@ def test_decoded_symbols_ignore_every_floating_point_perturbation(codec: Hyperpr
         )
         latent = hyper.dequantize(y, mean, hyper.step_sizes(offsets))
         with torch.no_grad():
-            pixels = codec.g_s.to(dtype)(torch.from_numpy(latent).to(dtype)[None])
+            pixels = codec.to(dtype).synthesise(torch.from_numpy(latent).to(dtype)[None])
         codec.to(torch.float32)
         return z, y, hyper.scale_indices(twin(z, size)[0], offsets), pixels.float().numpy(), seen[0]
 

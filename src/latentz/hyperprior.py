@@ -347,13 +347,18 @@ class HyperpriorCodec(nn.Module):
         self.gain_offsets = nn.Parameter(start.view(-1, 1).repeat(1, config.latent_channels))
         self.register_buffer("lambdas", torch.tensor(config.lambdas, dtype=torch.float32))
 
-    def hyper_latent(self, y: Tensor) -> Tensor:
-        return self.h_a(y)
+    def analyse(self, x: Tensor) -> Tensor:
+        """g_a on images in [0, 1], centred first (zero-mean inputs train faster)."""
+        return self.g_a(x - 0.5)
+
+    def synthesise(self, y_hat: Tensor) -> Tensor:
+        """g_s back to [0, 1] (unclamped), so a zero latent decodes to mid-grey from the start."""
+        return self.g_s(y_hat) + 0.5
 
     def forward(self, x: Tensor, levels: Tensor) -> dict[str, Tensor]:
         """One training step's terms for images ``x`` in [0, 1] (N, 3, H, W), H and W multiples of
         the cell, each coded at its trained λ ``levels`` (N,) (an index into ``lambdas``)."""
-        y = self.g_a(x)
+        y = self.analyse(x)
         z = self.h_a(y)
         z_bits = -torch.log2(self.z_density.likelihood(z + torch.rand_like(z) - 0.5)).flatten(1).sum(1)
         mean, raw_index = self.h_s(ste_round(z), y.shape[-2:])
@@ -363,7 +368,7 @@ class HyperpriorCodec(nn.Module):
         log_scale = LOG_SCALE_MIN + bounded(raw_index - offsets, 0.0, hyper.SCALE_LEVELS - 1.0) * LOG_RATIO
         noisy = residual + torch.rand_like(residual) - 0.5
         y_bits = -torch.log2(gaussian_likelihood(noisy, log_scale)).flatten(1).sum(1)
-        x_hat = self.g_s(ste_round(residual) * step + mean)
+        x_hat = self.synthesise(ste_round(residual) * step + mean)
         pixels = x.shape[2] * x.shape[3]
         mse = ((x_hat - x) * 255).pow(2).flatten(1).mean(1)
         bpp_y, bpp_z = y_bits / pixels, z_bits / pixels
