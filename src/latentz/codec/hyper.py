@@ -389,6 +389,13 @@ def _uniform(size: int) -> object:
     return constriction.stream.model.Uniform(size)
 
 
+def _groups(tables_used: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(table, positions in ascending order) for each table used, tables ascending."""
+    order = np.argsort(tables_used, kind="stable")
+    tables, starts = np.unique(tables_used[order], return_index=True)
+    return [(int(t), part) for t, part in zip(tables, np.split(order, starts[1:]), strict=True)]
+
+
 def _encode_grouped(
     encoder: object, values: np.ndarray, tables_used: np.ndarray, tables: IntegerTables
 ) -> None:
@@ -398,8 +405,8 @@ def _encode_grouped(
     sizes = tables.sizes[tables_used]
     escaped = (entries < 0) | (entries >= sizes)
     coded = np.where(escaped, sizes, entries).astype(np.int32)
-    for table in np.unique(tables_used):
-        encoder.encode(coded[tables_used == table], tables.categorical(int(table)))
+    for table, positions in _groups(tables_used):
+        encoder.encode(coded[positions], tables.categorical(table))
     for entry, size in zip(entries[escaped], sizes[escaped], strict=True):
         above = entry >= size
         overshoot = int(entry - size) if above else int(-1 - entry)
@@ -413,9 +420,8 @@ def _encode_grouped(
 def _decode_grouped(decoder: object, tables_used: np.ndarray, tables: IntegerTables) -> np.ndarray:
     """Inverse of `_encode_grouped` for elements whose tables are ``tables_used`` (flat)."""
     coded = np.empty(len(tables_used), dtype=np.int64)
-    for table in np.unique(tables_used):
-        where = tables_used == table
-        coded[where] = decoder.decode(tables.categorical(int(table)), int(where.sum()))
+    for table, positions in _groups(tables_used):
+        coded[positions] = decoder.decode(tables.categorical(table), len(positions))
     sizes = tables.sizes[tables_used]
     values = coded + tables.offsets[tables_used]
     for position in np.flatnonzero(coded == sizes):
