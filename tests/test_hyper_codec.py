@@ -1,0 +1,277 @@
+"""The bit-exact half of the hyperprior codec (latentz.codec.hyper), torch-free: integer CDF tables,
+the integer hyper-decoder, range coding of ẑ and y, and the decoder's independence from BLAS."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentz.codec import hyper
+
+REPO = Path(__file__).resolve().parents[1]
+TOTAL = 1 << hyper.PMF_BITS
+#: sha256 of the Gaussian tables this version builds; the tables are part of the bitstream, so a
+#: change here means a new format version, not a silent rebuild.
+GAUSSIAN_TABLES_SHA256 = "7da6c84b42c0895b"
+
+
+def gaussian_bin(k: np.ndarray, scale: float) -> np.ndarray:
+    cdf = lambda v: 0.5 * math.erfc(-v / (scale * math.sqrt(2)))  # noqa: E731
+    return np.array([cdf(v + 0.5) - cdf(v - 0.5) for v in k])
+
+
+@pytest.fixture(scope="module")
+def gaussian() -> hyper.IntegerTables:
+    return hyper.build_gaussian_tables()
+
+
+def random_decoder(rng: np.random.Generator, z_channels=8, width=12, latent=6) -> hyper.IntegerHyperDecoder:
+    """An integer hyper-decoder with random int8 weights (its structure is what matters here)."""
+
+    def conv(inputs: int, outputs: int, shuffle: bool, shift: int) -> hyper.IntegerConv:
+        return hyper.IntegerConv(
+            weight=rng.integers(-127, 128, (outputs, inputs, 3, 3)),
+            bias=rng.integers(-5000, 5000, outputs),
+            multiplier=rng.integers(1 << 14, 1 << 15, outputs),
+            shift=np.full(outputs, shift, dtype=np.int64),
+            shuffle=shuffle,
+        )
+
+    return hyper.IntegerHyperDecoder(
+        hidden=(conv(z_channels, 4 * width, True, 22), conv(width, 4 * width, True, 25)),
+        final=conv(width, 2 * latent, False, 26),
+        mean_scales=rng.uniform(1e-4, 1e-3, latent).astype(np.float32),
+    )
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def test_gaussian_tables_are_exact_integer_pmfs_close_to_the_gaussian(gaussian: hyper.IntegerTables) -> None:
+    scales = hyper.scale_table()
+    assert gaussian.count == hyper.SCALE_LEVELS
+    for table, (pmf, scale) in enumerate(zip(gaussian.pmfs, scales, strict=True)):
+        assert pmf.dtype == np.int64 and int(pmf.sum()) == TOTAL and pmf.min() >= 1
+        symbols = np.arange(len(pmf) - 1) + gaussian.offsets[table]
+        assert symbols[0] == -symbols[-1]  # centred on zero
+        exact = gaussian_bin(symbols, scale)
+        coded = pmf[:-1] / TOTAL
+        assert np.all(np.abs(coded - exact) <= (2 + len(pmf) * exact) / TOTAL)
+        # What the integer table costs over the true Gaussian, per symbol: under 0.01 bit.
+        mass = exact > 0
+        kl = float(np.sum(exact[mass] * np.log2(exact[mass] / coded[mass])))
+        assert kl < 0.01, (table, kl)
+        assert 1.0 - exact.sum() < 2 * hyper.TAIL_MASS  # the explicit range holds all but the tail
+
+
+def test_gaussian_tables_widen_with_the_scale_and_are_pinned(gaussian: hyper.IntegerTables) -> None:
+    radii = -gaussian.offsets
+    assert np.all(np.diff(radii) >= 0) and radii[0] == 1
+    assert radii[-1] == math.ceil(hyper.SCALE_MAX * 6.1094)  # the 1e-9 two-sided quantile
+    assert gaussian.sha256 == hyper.build_gaussian_tables().sha256  # built the same way twice
+    assert gaussian.sha256.startswith(GAUSSIAN_TABLES_SHA256)
+
+
+def test_quantize_pmf_keeps_every_symbol_and_the_escape_codable() -> None:
+    counts = hyper.quantize_pmf(np.array([0.0, 1e-15, 0.5, 0.5 - 1e-9]), escape=0.0)
+    assert int(counts.sum()) == TOTAL and counts.min() >= 1 and len(counts) == 5
+    assert counts[0] == counts[1] == counts[4] == 1
+    for bad in (np.array([np.nan, 0.5]), np.zeros(3)):
+        with pytest.raises(hyper.HyperCodecError):
+            hyper.quantize_pmf(bad, 0.0)
+
+
+def test_tables_survive_their_arrays_and_refuse_damaged_ones(gaussian: hyper.IntegerTables) -> None:
+    again = hyper.IntegerTables.from_arrays(gaussian.to_arrays())
+    assert again.sha256 == gaussian.sha256
+    arrays = gaussian.to_arrays()
+    short = dict(arrays, counts=arrays["counts"][:-1])
+    zero = dict(arrays, counts=np.where(np.arange(len(arrays["counts"])) == 3, 0, arrays["counts"]))
+    for broken in (short, zero, {"offsets": arrays["offsets"]}):
+        with pytest.raises(hyper.HyperCodecError):
+            hyper.IntegerTables.from_arrays(broken)
+
+
+# -- range coding -------------------------------------------------------------------------------
+def factorized(channels: int) -> hyper.IntegerTables:
+    values = np.arange(-12, 13)
+    return hyper.factorized_tables([-12] * channels, [gaussian_bin(values, 2.0 + c) for c in range(channels)])
+
+
+def test_round_trip_is_exact_and_close_to_the_ideal_length(gaussian: hyper.IntegerTables) -> None:
+    rng = np.random.default_rng(1)
+    z_tables = factorized(8)
+    z = np.round(rng.normal(0, 3, (8, 3, 4))).astype(np.int64)
+    indices = rng.integers(0, 40, (16, 9, 14))
+    y = np.round(rng.normal(0, hyper.scale_table()[indices])).astype(np.int64)
+    payload = hyper.encode_latents(z, y, indices, z_tables, gaussian)
+    z_back, y_back = hyper.decode_latents(payload, z.shape, y.shape, z_tables, gaussian, lambda _z: indices)
+    assert np.array_equal(z_back, z) and np.array_equal(y_back, y)
+    ideal_bits = sum(gaussian.bits(int(i), int(s)) for i, s in zip(indices.ravel(), y.ravel(), strict=True))
+    ideal_bits += sum(
+        z_tables.bits(c, int(s)) for c, s in zip(np.repeat(range(8), 12), z.ravel(), strict=True)
+    )
+    assert ideal_bits / 8 - 1 <= len(payload) <= ideal_bits / 8 + 4
+
+
+def test_values_outside_every_table_escape_and_come_back(gaussian: hyper.IntegerTables) -> None:
+    z_tables = factorized(2)
+    z = np.array([[[0, 13, -13, 500]], [[-(1 << 15), 0, 1, 2]]])
+    indices = np.array([[[0, 0, 63, 63, 10]]])
+    y = np.array([[[2, -hyper.MAX_SYMBOL, hyper.MAX_SYMBOL, -1563, 7]]])
+    payload = hyper.encode_latents(z, y, indices, z_tables, gaussian)
+    z_back, y_back = hyper.decode_latents(payload, z.shape, y.shape, z_tables, gaussian, lambda _z: indices)
+    assert np.array_equal(z_back, z) and np.array_equal(y_back, y)
+    with pytest.raises(ValueError, match="beyond"):
+        hyper.encode_latents(z, y + hyper.MAX_SYMBOL, indices, z_tables, gaussian)
+    with pytest.raises(ValueError, match="indices outside"):
+        hyper.encode_latents(z, y, indices + 1, z_tables, gaussian)
+
+
+def test_a_flat_latent_costs_almost_nothing(gaussian: hyper.IntegerTables) -> None:
+    """Elements the hyperprior is sure of (smallest scale, symbol 0) are nearly free."""
+    z_tables = factorized(4)
+    z = np.zeros((4, 4, 5), dtype=np.int64)
+    y = np.zeros((96, 13, 19), dtype=np.int64)
+    payload = hyper.encode_latents(z, y, np.zeros_like(y), z_tables, gaussian)
+    z_bytes = sum(z_tables.bits(c, 0) for c in range(4)) * 20 / 8  # 80 hyper-latent values
+    assert len(payload) <= z_bytes + 2  # and 23,712 latent elements on top cost under 2 bytes
+
+
+def test_damaged_payloads_give_a_clear_error_or_other_symbols(gaussian: hyper.IntegerTables) -> None:
+    rng = np.random.default_rng(2)
+    z_tables = factorized(4)
+    decoder = random_decoder(rng, z_channels=4, latent=6)
+    indices_for = lambda z: hyper.scale_indices(decoder(z, (7, 9))[0], np.zeros(6, np.int64))  # noqa: E731
+    for length in (0, 1, 3, 17, 200):
+        try:
+            z, y = hyper.decode_latents(
+                rng.bytes(length), (4, 2, 3), (6, 7, 9), z_tables, gaussian, indices_for
+            )
+        except ValueError as error:  # HyperCodecError included; never another exception
+            assert str(error)
+        else:
+            assert z.shape == (4, 2, 3) and y.shape == (6, 7, 9)
+
+
+# -- the integer hyper-decoder -----------------------------------------------------------------
+def reference_accumulate(layer: hyper.IntegerConv, x: np.ndarray) -> np.ndarray:
+    """conv + bias in Python integers (object arrays): no float anywhere."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1))).astype(object)
+    weight = layer.weight.astype(object)
+    out = np.zeros((weight.shape[0], *x.shape[1:]), dtype=object)
+    for dy in range(3):
+        for dx in range(3):
+            window = padded[:, dy : dy + x.shape[1], dx : dx + x.shape[2]]
+            out += np.tensordot(weight[:, :, dy, dx], window, axes=(1, 0))
+    return (out + layer.bias.astype(object)[:, None, None]).astype(np.int64)
+
+
+def test_integer_convolution_is_exact_at_the_extremes() -> None:
+    rng = np.random.default_rng(3)
+    layer = random_decoder(rng).hidden[1]
+    for x in (rng.integers(0, 256, (12, 5, 7)), np.full((12, 5, 7), 255)):
+        assert np.array_equal(layer.accumulate(x), reference_accumulate(layer, x))
+    first = random_decoder(rng).hidden[0]
+    x = rng.choice([-hyper.HYPER_INPUT_MAX, hyper.HYPER_INPUT_MAX, 0, 3], (8, 4, 4))
+    assert np.array_equal(first.accumulate(x), reference_accumulate(first, x))
+
+
+def test_requantize_rounds_ties_upward_and_pixel_shuffle_follows_torch() -> None:
+    layer = hyper.IntegerConv(
+        np.zeros((4, 1, 3, 3), np.int64), np.zeros(4, np.int64), np.full(4, 3), np.full(4, 2), shuffle=True
+    )
+    acc = np.array([-3, -2, -1, 0, 1, 2, 3, 6]).reshape(1, 1, 8).repeat(4, 0)
+    # 3/4 of -3..6: -2.25 -1.5 -0.75 0 0.75 1.5 2.25 4.5 -> ties go up
+    assert layer.requantize(acc)[0, 0].tolist() == [-2, -1, -1, 0, 1, 2, 2, 5]
+    x = np.arange(8 * 2 * 3).reshape(8, 2, 3)
+    shuffled = hyper.pixel_shuffle(x)
+    for c, i, j, h, w in np.ndindex(2, 2, 2, 2, 3):  # out[c, 2h+i, 2w+j] = in[4c + 2i + j, h, w]
+        assert shuffled[c, 2 * h + i, 2 * w + j] == x[4 * c + 2 * i + j, h, w]
+
+
+def test_the_hyper_decoder_refuses_what_it_cannot_compute_exactly() -> None:
+    rng = np.random.default_rng(4)
+    decoder = random_decoder(rng)
+    with pytest.raises(hyper.HyperCodecError, match="beyond"):
+        decoder(np.full((8, 2, 2), hyper.HYPER_INPUT_MAX + 1), (8, 8))
+    with pytest.raises(hyper.HyperCodecError, match="integer"):
+        decoder(np.zeros((8, 2, 2)), (8, 8))
+    with pytest.raises(hyper.HyperCodecError, match="does not match"):
+        decoder(np.zeros((8, 2, 2), np.int64), (9, 8))
+    with pytest.raises(hyper.HyperCodecError, match=r"-127\.\.127"):
+        hyper.IntegerConv(
+            np.full((4, 1, 3, 3), 128), np.zeros(4, int), np.ones(4, int), np.ones(4, int), False
+        )
+    again = hyper.IntegerHyperDecoder.from_arrays(decoder.to_arrays())
+    z = rng.integers(-20, 20, (8, 2, 3))
+    assert all(np.array_equal(a, b) for a, b in zip(again(z, (8, 11)), decoder(z, (8, 11)), strict=True))
+
+
+DETERMINISM_SNIPPET = """
+import hashlib, sys
+import numpy as np
+from latentz.codec import hyper
+arrays = dict(np.load(sys.argv[1]))
+decoder = hyper.IntegerHyperDecoder.from_arrays({k: v for k, v in arrays.items() if k != "z"})
+index, mean = decoder(arrays["z"], (96, 128))
+digest = lambda array: hashlib.sha256(array.tobytes()).hexdigest()
+print(digest(index), digest(mean), "torch" in sys.modules)
+"""
+
+
+def test_scale_indices_do_not_depend_on_blas_threads(tmp_path: Path) -> None:
+    """The same ẑ gives bit-identical indices and means with 1 and 4 BLAS threads (the float64
+    products are exact), and the decoder never imports torch."""
+    rng = np.random.default_rng(5)
+    decoder = random_decoder(rng, z_channels=16, width=32, latent=24)
+    arrays = decoder.to_arrays()
+    arrays["z"] = rng.integers(-30, 31, (16, 24, 32))
+    np.savez(tmp_path / "net.npz", **arrays)
+    outputs = set()
+    for threads in ("1", "4"):
+        env = dict(
+            os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, PYTHONPATH=str(REPO / "src")
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", DETERMINISM_SNIPPET, str(tmp_path / "net.npz")],
+            capture_output=True, text=True, env=env, check=True, timeout=120,
+        )  # fmt: skip
+        outputs.add(result.stdout.strip())
+    index, mean = decoder(arrays["z"], (96, 128))
+    here = f"{hashlib.sha256(index.tobytes()).hexdigest()} {hashlib.sha256(mean.tobytes()).hexdigest()} False"
+    assert outputs == {here}
+    assert len(np.unique(index)) > 10  # the random network does exercise many indices
+
+
+# -- gains and quantisation ---------------------------------------------------------------------
+def test_quality_maps_to_integer_offsets_monotonically() -> None:
+    levels = np.array([[9, 6, 12], [4, 4, 4], [-3, 0, -6]])
+    offsets = [hyper.gain_offsets_for_quality(levels, q) for q in range(101)]
+    assert np.array_equal(offsets[0], levels[0]) and np.array_equal(offsets[50], levels[1])
+    assert np.array_equal(offsets[100], levels[2])
+    assert all(o.dtype == np.int64 for o in offsets)
+    assert np.all(np.diff(np.stack(offsets), axis=0) <= 0)  # finer steps as quality rises
+    for bad in (-1, 101, 2.5, True):
+        with pytest.raises(ValueError):
+            hyper.gain_offsets_for_quality(levels, bad)
+
+
+def test_a_gain_offset_shifts_the_scale_table_exactly() -> None:
+    """Step SCALE_RATIO**k divides every scale by SCALE_RATIO**k: k table entries, clipped."""
+    raw = np.array([[[0, 5, 30, 70]]])
+    assert hyper.scale_indices(raw, np.array([3])).tolist() == [[[0, 2, 27, 63]]]
+    steps = hyper.step_sizes(np.array([3, -2]))
+    assert np.allclose(steps, [hyper.SCALE_RATIO**3, hyper.SCALE_RATIO**-2])
+    table = hyper.scale_table()
+    assert np.isclose(table[30] / hyper.SCALE_RATIO**3, table[27])
+    mean = np.array([[[0.25]], [[-1.0]]], dtype=np.float32)
+    y = np.array([[[0.25 + 2.5 * steps[0]]], [[-1.0 - 1.2 * steps[1]]]])
+    symbols = hyper.quantize(y, mean, steps)
+    assert symbols.ravel().tolist() == [3, -1]
+    assert np.allclose(hyper.dequantize(symbols, mean, steps).ravel(), [0.25 + 3 * steps[0], -1 - steps[1]])
