@@ -30,7 +30,6 @@ IMAGE_SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
     ("TIFF", b"II*\x00", 0),
     ("TIFF", b"MM\x00*", 0),
 )
-ACCEPTED_IMAGES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 
 OTHER_SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
@@ -72,8 +71,8 @@ def sniff_image(data: bytes) -> str:
         )
     raise ApiError(
         415,
-        f"not a supported image: the content is not {ACCEPTED_IMAGES} (judged by the bytes, not the file "
-        f"name; {describe_content(data)})",
+        f"not a supported image: the content is not {imaging.ACCEPTED_FORMATS_TEXT} (judged by the bytes, "
+        f"not the file name; {describe_content(data)})",
     )
 
 
