@@ -204,7 +204,7 @@ def test_the_server_refuses_a_bomb_with_413_and_decodes_what_it_encodes() -> Non
             assert refused.status_code == 413, refused.text
             body = refused.json()
             assert body["code"] == "too_large" and body["limit"] == 256 * 256
-            assert "--max-spatial-side" in body["error"]
+            assert body["error"].endswith("`latentz serve --max-spatial-side` raises the limit")
             read = http.post(
                 "/api/read", files={"file": ("b", declared_size_bomb(PHOTO_MODEL, width, height))}
             )

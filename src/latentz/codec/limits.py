@@ -21,7 +21,7 @@ encode or decode of any input under about 1 GB.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from latentz.codec.format import MAX_PIXELS, CodecSettingError, Header, LatentzFormatError, ModelMismatchError
 from latentz.imaging import MAX_PIXELS as MAX_IMAGE_PIXELS
@@ -57,9 +57,6 @@ class SizeLimits:
             raise CodecSettingError(
                 f"max_coded_pixels is at most {MAX_PIXELS:,}, the .latentz format's ceiling"
             )
-
-    def with_option(self, raise_with: str) -> SizeLimits:
-        return replace(self, raise_with=raise_with)
 
     def fits(self, width: int, height: int) -> bool:
         """Whether a spatial model may code a ``width`` x ``height`` image as it is."""

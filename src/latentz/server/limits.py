@@ -53,5 +53,5 @@ class Limits:
             max_image_pixels=self.max_pixels,
             max_coded_pixels=self.max_spatial_side**2,
             max_coded_side=self.max_spatial_side,
-            raise_with="`latentz serve --max-spatial-side` raises it",
+            raise_with="`latentz serve --max-spatial-side`",
         )
