@@ -44,6 +44,8 @@ DEFAULT_VAL_FRACTION = 0.1
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 ENTROPY_MODEL_FILE = "entropy_model.json"
+HYPERPRIOR_FILE = "hyperprior.safetensors"
+"""A rate-distortion (format v2) bundle's integer tables and hyper-decoder, in place of the entropy model."""
 PLOTS_DIR = "plots"
 
 PACKAGED_BUNDLES = Path(__file__).parent / "bundles"
@@ -63,6 +65,12 @@ def bundle_search_path() -> list[Path]:
     paths.append(Path.home() / ".cache" / "latentz" / "models")
     paths.append(PACKAGED_BUNDLES)
     return paths
+
+
+def coding_files(path: Path) -> tuple[str, ...]:
+    """The files a bundle needs to encode and decode: the two networks and its entropy coding."""
+    tables = HYPERPRIOR_FILE if (path / HYPERPRIOR_FILE).is_file() else ENTROPY_MODEL_FILE
+    return (ENCODER_FILE, DECODER_FILE, tables)
 
 
 def is_bundle(path: Path) -> bool:

@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latentz.bundle import (
-    ENCODER_FILE,
-    ENTROPY_MODEL_FILE,
     BundleError,
     BundleInfo,
+    coding_files,
     list_bundles,
     read_bundle,
 )
@@ -174,7 +173,7 @@ def describe(width: int, height: int, channels: int) -> str:
 
 # -- models ---------------------------------------------------------------------------------------
 def can_encode(info: BundleInfo) -> bool:
-    return info.file(ENCODER_FILE).is_file() and info.file(ENTROPY_MODEL_FILE).is_file()
+    return all(info.file(name).is_file() for name in coding_files(info.path))
 
 
 def encoding_models(bundles: Iterable[str | Path | BundleInfo] | None = None) -> list[BundleInfo]:

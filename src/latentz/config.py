@@ -176,6 +176,100 @@ class TrainConfig:
             )
 
 
+@dataclass(frozen=True)
+class HyperpriorConfig:
+    """Sizes of the rate-distortion photo codec (`latentz.hyperprior`, codec v2).
+
+    ``widths`` are the hidden stages of g_a (and, reversed, g_s); one more stride-2 stage makes
+    ``latent_channels``, so a latent cell is ``2 ** (len(widths) + 1)`` pixels. ``lambdas`` are the
+    trained rate-distortion trade-offs (one gain level each), lowest rate first.
+    """
+
+    widths: tuple[int, ...] = (64, 64, 64)
+    latent_channels: int = 96
+    hyper_channels: int = 64
+    hyper_latent_channels: int = 32
+    activation: str = "gdn"  # "leaky" (LeakyReLU) or "gdn" (GDN / inverse GDN)
+    upsample: str = "shuffle"  # "shuffle" (3x3 conv + pixel shuffle) or "deconv" (4x4 transposed)
+    lambdas: tuple[float, ...] = (0.013,)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
+        if not self.widths or min(self.widths) < 1:
+            raise ConfigError(f"widths must be a non-empty list of positive ints, got {list(self.widths)}")
+        if min(self.latent_channels, self.hyper_channels, self.hyper_latent_channels) < 1:
+            raise ConfigError("latent, hyper and hyper-latent channel counts must be positive")
+        if self.activation not in ("gdn", "leaky"):
+            raise ConfigError(f"activation must be gdn or leaky, got {self.activation!r}")
+        if self.upsample not in ("shuffle", "deconv"):
+            raise ConfigError(f"upsample must be shuffle or deconv, got {self.upsample!r}")
+        if not self.lambdas or list(self.lambdas) != sorted(set(self.lambdas)) or self.lambdas[0] <= 0:
+            raise ConfigError(f"lambdas must be positive and strictly increasing, got {list(self.lambdas)}")
+
+    @property
+    def cell(self) -> int:
+        """Pixels per side of one latent cell; the hyper-latent's cell is four times that."""
+        return 2 ** (len(self.widths) + 1)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> HyperpriorConfig:
+        return from_dict(cls, dict(data))
+
+
+@dataclass
+class CodecTrainConfig:
+    """One rate-distortion training run of the photo codec (`latentz train`'s photo recipe).
+
+    An epoch is one random ``crop_size`` crop (flipped half the time) of every training photo at
+    its own size, ``batch_size`` crops per step, each at a trained λ drawn at random. The learning
+    rate follows a cosine from ``lr`` to ``lr / 20`` over the epochs before the last
+    ``integer_epochs``, which fine-tune with the integer hyper-decoder simulated. ``kind`` tells a
+    saved ``train_config.json`` from a VAE's.
+    """
+
+    data: str = "folder:photos"
+    model: HyperpriorConfig = field(default_factory=HyperpriorConfig)
+    kind: str = "hyperprior"
+    epochs: int = 300
+    batch_size: int = 4
+    crop_size: int = 64
+    lr: float = 1e-3
+    integer_epochs: int | None = None  # None: the last 5% of the epochs
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_train_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = from_dict(HyperpriorConfig, self.model)
+        if self.kind != "hyperprior":
+            raise ConfigError(f"kind must be hyperprior, got {self.kind!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"epochs and batch_size must be at least 1, got {self.epochs}, {self.batch_size}"
+            )
+        if self.integer_epochs is None:
+            self.integer_epochs = max(self.epochs // 20, 1 if self.epochs > 1 else 0)
+        if not 0 <= self.integer_epochs < self.epochs:
+            raise ConfigError(f"integer_epochs must be between 0 and epochs - 1, got {self.integer_epochs}")
+        if not (0 < self.lr < math.inf):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        hyper_cell = 4 * self.model.cell
+        if self.crop_size < hyper_cell or self.crop_size % hyper_cell:
+            raise ConfigError(
+                f"crop_size must be a multiple of {hyper_cell} (one hyper-latent cell), got {self.crop_size}"
+            )
+        if self.max_train_images is not None and self.max_train_images < 2:
+            raise ConfigError(f"max_train_images must be at least 2, got {self.max_train_images}")
+
+
 T = TypeVar("T")
 
 

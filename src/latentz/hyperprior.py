@@ -20,7 +20,6 @@ one set of integer tables serves every quality. The bit-exact decoding half live
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -28,40 +27,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from latentz.codec import hyper
+from latentz.config import HyperpriorConfig
+from latentz.objectives import rate_distortion_terms
+
+__all__ = ["HyperpriorCodec", "HyperpriorConfig"]
 
 LEAKY_SLOPE = 0.2
 LOG_SCALE_MIN = math.log(hyper.SCALE_MIN)
 LOG_RATIO = math.log(hyper.SCALE_RATIO)
 LIKELIHOOD_FLOOR = 1e-9
-
-
-@dataclass(frozen=True)
-class HyperpriorConfig:
-    """Sizes of the codec. ``widths`` are the hidden stages of g_a (and, reversed, g_s); one more
-    stride-2 stage makes ``latent_channels``, so a latent cell is ``2 ** (len(widths) + 1)`` pixels."""
-
-    widths: tuple[int, ...] = (64, 64, 64)
-    latent_channels: int = 96
-    hyper_channels: int = 64
-    hyper_latent_channels: int = 32
-    activation: str = "leaky"  # "leaky" (LeakyReLU) or "gdn" (GDN / inverse GDN)
-    upsample: str = "shuffle"  # "shuffle" (3x3 conv + pixel shuffle) or "deconv" (4x4 transposed)
-    lambdas: tuple[float, ...] = (0.013,)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def cell(self) -> int:
-        return 2 ** (len(self.widths) + 1)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> HyperpriorConfig:
-        data = dict(data)
-        for key in ("widths", "lambdas"):
-            data[key] = tuple(data[key])
-        return cls(**data)
 
 
 class GDN(nn.Module):
@@ -369,11 +343,7 @@ class HyperpriorCodec(nn.Module):
         noisy = residual + torch.rand_like(residual) - 0.5
         y_bits = -torch.log2(gaussian_likelihood(noisy, log_scale)).flatten(1).sum(1)
         x_hat = self.synthesise(ste_round(residual) * step + mean)
-        pixels = x.shape[2] * x.shape[3]
-        mse = ((x_hat - x) * 255).pow(2).flatten(1).mean(1)
-        bpp_y, bpp_z = y_bits / pixels, z_bits / pixels
-        loss = (self.lambdas[levels] * mse + bpp_y + bpp_z).mean()
-        return {"loss": loss, "mse": mse.detach(), "bpp_y": bpp_y.detach(), "bpp_z": bpp_z.detach()}
+        return rate_distortion_terms(x, x_hat, y_bits, z_bits, self.lambdas[levels])
 
     def integer_levels(self) -> np.ndarray:
         """The trained gain offsets rounded to integers, ordered from the lowest λ to the highest."""

@@ -5,7 +5,8 @@ z ~ q(z|x), and the closed-form KL(q(z|x) || N(0, I)), both in nats per image. T
 (`VAE.forward`), the distributed shards (`latentz.distributed.ShardObjective`), validation after
 every epoch and `latentz eval` (`latentz.evaluation.evaluate`) all take their terms from it; they
 differ only in where the noise comes from and how they sum. The rate-distortion loss of the photo
-codec v2 (lambda * distortion + rate in bits) will sit beside it here.
+codec v2 is `rate_distortion_terms`: λ·D + R per image, with D the mean squared error on the
+0..255 scale (CompressAI's convention, so published λ values carry over) and R in bits per pixel.
 
 Models are duck-typed (`Autoencoder`), so this module imports no model and every model may use it.
 """
@@ -70,3 +71,19 @@ def elbo_terms(model: Autoencoder, x: Tensor, noise: Noise = torch.randn_like) -
     mean, logvar = model.encode(x)
     recon = -model.log_likelihood(x, model.decode(reparameterize(mean, logvar, noise)))
     return ElboTerms(mean=mean, logvar=logvar, recon=recon, kl=model.kl_divergence(mean, logvar))
+
+
+def rate_distortion_terms(
+    x: Tensor, x_hat: Tensor, y_bits: Tensor, z_bits: Tensor, lambdas: Tensor
+) -> dict[str, Tensor]:
+    """The photo codec's training loss ``mean(λ·MSE + bpp)`` and its parts, per image.
+
+    ``x`` and ``x_hat`` are (N, C, H, W) in [0, 1]; ``y_bits`` and ``z_bits`` (N,) are the code
+    lengths of the latents and hyper-latents; ``lambdas`` (N,) each image's trade-off. Bits are per
+    pixel (not per channel value), as codec papers and `latentz rd` report them.
+    """
+    pixels = x.shape[-2] * x.shape[-1]
+    mse = ((x_hat - x) * 255).pow(2).flatten(1).mean(1)
+    bpp_y, bpp_z = y_bits / pixels, z_bits / pixels
+    loss = (lambdas * mse + bpp_y + bpp_z).mean()
+    return {"loss": loss, "mse": mse.detach(), "bpp_y": bpp_y.detach(), "bpp_z": bpp_z.detach()}

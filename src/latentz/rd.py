@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from latentz import codec, imaging, metrics
-from latentz.runtime import ModelRuntime
+from latentz.runtime import HyperpriorRuntime, ModelRuntime
 
 LATENTZ_QUALITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 CLASSIC_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
@@ -118,6 +118,8 @@ def measure_latentz(
     convolutional model a list of photos each at its own size.
     """
     groups = same_shape_groups(images)
+    if isinstance(runtime, HyperpriorRuntime):
+        return _measure_files(runtime, groups, qualities)
     means = [
         np.concatenate(
             [runtime.encode(group[i : i + DECODE_BATCH])[0] for i in range(0, len(group), DECODE_BATCH)]
@@ -152,6 +154,23 @@ def measure_latentz(
                     ]
                 )
             )
+            sizes.append([len(f) for f in files])
+        points.append(_point(quality, sizes, groups, decoded))
+    return points
+
+
+def _measure_files(
+    runtime: ModelRuntime, groups: list[np.ndarray], qualities: Sequence[int]
+) -> list[RDPoint]:
+    """Every image compressed and decompressed at every quality through the runtime's own file path
+    (the rate-distortion codec's hyper-latent depends on nothing but the image, so nothing is shared)."""
+    points = []
+    for quality in qualities:
+        sizes: list[list[int]] = []
+        decoded: list[np.ndarray] = []
+        for group in groups:
+            files = [runtime.compress(image, quality=quality) for image in group]
+            decoded.append(np.stack([runtime.decompress(data) for data in files]))
             sizes.append([len(f) for f in files])
         points.append(_point(quality, sizes, groups, decoded))
     return points

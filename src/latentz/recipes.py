@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from latentz.config import ConfigError, TrainConfig, from_dict
+from latentz.config import CodecTrainConfig, ConfigError, TrainConfig, from_dict
 
 #: Grey data sets (MNIST-like IDX files): small conv model, Bernoulli pixels, 28x28.
 GREY_DEFAULTS: dict[str, Any] = {
@@ -53,6 +53,61 @@ PHOTO_DEFAULTS: dict[str, Any] = {
         "scale": 0.1,
     },
 }
+
+
+#: Photo folders: the rate-distortion codec (codec v2) measured in docs/photo-models.md: an 8-pixel
+#: latent cell with GDN, a mean-scale hyperprior, four gain levels from small files to about 38 dB,
+#: random 64x64 crops of the photos at their own size, batches of 4. About 80 minutes on 2 cores.
+#: `--arch spatial` trains the VAE codec of codec v1 instead (and `--arch conv` a slider model).
+CODEC_DEFAULTS: dict[str, Any] = {
+    "kind": "hyperprior",
+    "epochs": 300,
+    "batch_size": 4,
+    "crop_size": 64,
+    "lr": 1e-3,
+    "model": {
+        "widths": [64, 64],
+        "latent_channels": 96,
+        "hyper_channels": 64,
+        "hyper_latent_channels": 32,
+        "activation": "gdn",
+        "upsample": "shuffle",
+        "lambdas": [0.002, 0.006, 0.018, 0.054],
+    },
+}
+
+
+def is_codec_run(spec: str | None, arch: str | None, saved: dict[str, Any] | None) -> bool:
+    """Whether `latentz train` trains the rate-distortion codec: a resumed codec run, or photos with
+    no --arch (or --arch hyperprior)."""
+    if saved is not None:
+        return saved.get("kind") == "hyperprior"
+    if arch is not None:
+        return arch == "hyperprior"
+    return bool(spec) and is_photo_spec(str(spec))
+
+
+def build_codec_config(
+    data: str | None, config_file: Path | None, run_flags: dict[str, Any], base: dict[str, Any] | None = None
+) -> CodecTrainConfig:
+    """The codec's recipe < config file < flags (or a resumed run's saved settings < flags)."""
+    from_file = read_config_file(config_file) if config_file else {}
+    defaults = copy.deepcopy(base if base is not None else CODEC_DEFAULTS)
+    merged = {**defaults, **{k: v for k, v in from_file.items() if k != "model"}}
+    merged["model"] = {**defaults["model"], **from_file.get("model", {})}
+    merged["data"] = data or from_file.get("data") or defaults.get("data")
+    if not merged["data"]:
+        raise ConfigError("no data set was given: pass --data folder:DIR")
+    merged.update({k: v for k, v in run_flags.items() if v is not None and k in _CODEC_RUN_KEYS})
+    try:
+        return from_dict(CodecTrainConfig, merged)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"the config file or the flags give an invalid configuration: {error}") from None
+
+
+_CODEC_RUN_KEYS = ("epochs", "batch_size", "crop_size", "lr", "val_fraction", "seed", "max_train_images")
 
 
 def recipe_for(spec: str) -> dict[str, Any]:

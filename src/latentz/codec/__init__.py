@@ -21,6 +21,7 @@ from latentz.codec.entropy import (
 )
 from latentz.codec.format import (
     FINGERPRINT_BYTES,
+    VERSION_HYPERPRIOR,
     BadMagicError,
     ChecksumError,
     CodecSettingError,
@@ -36,7 +37,9 @@ from latentz.codec.format import (
 
 __all__ = [
     "FINE_PER_UNIT",
+    "FINGERPRINT_BYTES",
     "QUALITY_STEPS",
+    "VERSION_HYPERPRIOR",
     "BadMagicError",
     "ChecksumError",
     "CodecSettingError",

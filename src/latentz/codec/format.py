@@ -1,6 +1,6 @@
 """The ``.latentz`` container: a compact versioned header, the range-coded payload, a CRC.
 
-Layout (version 1; docs/latentz-format.md is the full specification)::
+Layout (versions 1 and 2; docs/latentz-format.md is the full specification)::
 
     offset  size  field
     0       2     magic "LZ"
@@ -10,7 +10,8 @@ Layout (version 1; docs/latentz-format.md is the full specification)::
     8       var   image height, image width (unsigned LEB128 each)
     .       1     channels << 4 | latent rank        (channels 1 or 3; rank 1 vector, 3 spatial)
     .       var   latent dimensions (LEB128 each)
-    .       var   quantisation step in fine units (LEB128, >= 1; 4 fine units = 1 posterior std)
+    .       var   v1: quantisation step in fine units (LEB128, >= 1; 4 fine units = 1 posterior std)
+    .       1     v2: quality 0..100 (the rate-distortion codec's gain offsets follow from it)
     .       n     payload: range-coded symbols
     end-2   2     CRC-16/CCITT (big-endian) of every byte before it
 
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 
 MAGIC = b"LZ"
 VERSION = 1
+VERSION_HYPERPRIOR = 2
+"""Version 2: the rate-distortion (hyperprior) codec; its payload holds the hyper-latent, then y."""
+VERSIONS = (VERSION, VERSION_HYPERPRIOR)
 FINGERPRINT_BYTES = 4
 CHECKSUM_BYTES = 2
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -81,7 +85,9 @@ class Header:
     width: int
     channels: int
     latent_shape: tuple[int, ...]
-    step: int
+    step: int = 1
+    version: int = VERSION
+    quality: int = 0  # version 2 only
 
     def __post_init__(self) -> None:
         _check_header(self)
@@ -112,6 +118,13 @@ def _check_header(header: Header) -> None:
     if values > MAX_LATENT_VALUES:
         raise LatentzFormatError(
             f"latent shape {header.latent_shape} has more than {MAX_LATENT_VALUES:,} values"
+        )
+    if header.version not in VERSIONS:
+        raise LatentzFormatError(f"format version {header.version} is not one of {VERSIONS}")
+    v2_ok = len(header.latent_shape) == 3 and 0 <= header.quality <= 100
+    if header.version == VERSION_HYPERPRIOR and not v2_ok:
+        raise LatentzFormatError(
+            f"a version 2 file has a spatial latent and a quality 0..100, got {header.quality}"
         )
     if not 1 <= header.step <= MAX_STEP:
         raise LatentzFormatError(f"quantisation step {header.step} is outside 1..{MAX_STEP}")
@@ -155,14 +168,17 @@ class _Reader:
 def pack(header: Header, payload: bytes) -> bytes:
     """Serialise a header and payload into the bytes of a .latentz file."""
     head = bytearray(MAGIC)
-    head.append(VERSION)
+    head.append(header.version)
     head += header.fingerprint
     head.append(header.entropy_id)
     head += _leb128(header.height) + _leb128(header.width)
     head.append(header.channels << 4 | len(header.latent_shape))
     for dim in header.latent_shape:
         head += _leb128(dim)
-    head += _leb128(header.step)
+    if header.version == VERSION_HYPERPRIOR:
+        head.append(header.quality)
+    else:
+        head += _leb128(header.step)
     body = bytes(head) + payload
     return body + binascii.crc_hqx(body, 0).to_bytes(CHECKSUM_BYTES, "big")
 
@@ -190,9 +206,10 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             f"checksum mismatch (stored {stored:04x}, computed {computed:04x}): "
             "the file is damaged or truncated"
         )
-    if data[len(MAGIC)] != VERSION:  # judged after the checksum: a flipped bit is damage, not a version
+    version = data[len(MAGIC)]
+    if version not in VERSIONS:  # judged after the checksum: a flipped bit is damage, not a version
         raise UnsupportedVersionError(
-            f"unsupported .latentz format version {data[len(MAGIC)]}; this latentz reads version {VERSION}"
+            f"unsupported .latentz format version {version}; this latentz reads versions 1 and 2"
         )
     reader = _Reader(body, len(body))
     reader.take(len(MAGIC) + 1, "magic")
@@ -205,8 +222,17 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if rank not in LATENT_RANKS:
         raise LatentzFormatError(f"corrupt .latentz header: latent rank {rank} (expected 1 or 3)")
     latent_shape = tuple(reader.varint("latent shape") for _ in range(rank))
-    step = reader.varint("quantisation step")
+    if version == VERSION_HYPERPRIOR:
+        step, quality = 1, reader.take(1, "quality")[0]
+        if rank != 3 or quality > 100:
+            raise LatentzFormatError(
+                f"corrupt .latentz header: version 2 with rank {rank}, quality {quality}"
+            )
+    else:
+        step, quality = reader.varint("quantisation step"), 0
     header = Header(
+        version=version,
+        quality=quality,
         fingerprint=fingerprint,
         entropy_id=entropy_id,
         height=height,

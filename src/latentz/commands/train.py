@@ -23,7 +23,7 @@ import typer
 from latentz.bundle import CARD_FILE, TRAIN_CONFIG_FILE
 from latentz.commands import fail, user_command
 from latentz.config import LIKELIHOODS, LR_SCHEDULES, ConfigError, TrainConfig
-from latentz.recipes import build_config, read_config_file
+from latentz.recipes import build_codec_config, build_config, is_codec_run, read_config_file
 
 #: What training imports beyond the base install, and what for: the base install serves and codes
 #: without any of them, so a user may well have none.
@@ -89,8 +89,8 @@ def train_command(
     arch: str = typer.Option(
         None,
         "--arch",
-        help="spatial (fully convolutional, any image size; the photo codec), "
-        "conv (one global latent vector; sliders and sampling) or mlp.",
+        help="hyperprior (the rate-distortion photo codec; the default for folders), spatial (a "
+        "fully convolutional VAE, codec v1), conv (one global latent vector; sliders and sampling) or mlp.",
     ),
     image_size: int = typer.Option(
         None, "--image-size", help="Square image side the model sees (grey default 28, photos 64)."
@@ -203,6 +203,13 @@ def train_command(
         "scale": scale,
     }
 
+    saved_file = out / TRAIN_CONFIG_FILE
+    saved = read_config_file(saved_file) if resume and saved_file.is_file() else None
+    spec = data or (read_config_file(config_file).get("data") if config_file else None)
+    if is_codec_run(spec, arch, saved):
+        _train_codec(data, config_file, out, saved, run_flags, model_flags, resume, not no_progress)
+        return
+
     def configure() -> TrainConfig:
         saved = out / TRAIN_CONFIG_FILE
         base = read_config_file(saved) if resume and saved.is_file() else None
@@ -234,6 +241,45 @@ def _train(
             f"`latentz train -o {out} --resume`.",
             code=130,
         )
+
+
+#: Flags that shape a VAE and mean nothing to the rate-distortion codec.
+VAE_ONLY_FLAGS = {"beta": "--beta", "kl_warmup_epochs": "--kl-warmup", "augment": "--augment",
+                  "lr_schedule": "--lr-schedule"}  # fmt: skip
+
+
+def _train_codec(
+    data: str | None,
+    config_file: Path | None,
+    out: Path,
+    saved: dict[str, Any] | None,
+    run_flags: dict[str, Any],
+    model_flags: dict[str, Any],
+    resume: bool,
+    progress: bool,
+) -> None:
+    """The photo recipe: the rate-distortion codec (`latentz.train.codec`), one process."""
+    from latentz.data import DatasetError
+    from latentz.train import TrainingError, default_command
+    from latentz.train.codec import fit_codec
+
+    ignored = [VAE_ONLY_FLAGS[k] for k, v in run_flags.items() if v is not None and k in VAE_ONLY_FLAGS]
+    ignored += ["--" + k.replace("_", "-") for k, v in model_flags.items() if v is not None and k != "arch"]
+    if ignored:
+        fail(
+            f"{', '.join(ignored)} shape a VAE; the photo codec (the default for folders) does not use "
+            f"them. Pass --arch spatial (or conv) to train a VAE, or set the codec's sizes in --config."
+        )
+    try:
+        config = build_codec_config(data, config_file, run_flags, saved)
+        bundle = fit_codec(config, out, resume=resume, command=default_command(), progress=progress)
+    except (ConfigError, DatasetError, TrainingError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail(f"interrupted. The last finished epoch is checkpointed: continue with "
+             f"`latentz train -o {out} --resume`.", code=130)  # fmt: skip
+    card = json.loads((bundle / CARD_FILE).read_text())
+    typer.echo(f"Wrote the bundle {bundle}: {card['summary']}")
 
 
 def _outcome(bundle_dir: Path, out: Path) -> str:

@@ -127,3 +127,27 @@ def load_folder(
     return ImageSet(
         images=images, labels=None, spec=spec, split=split, skipped=skipped, source_note=note, files=used
     )
+
+
+def load_photos(
+    directory: Path, split: str, val_fraction: float, seed: int, limit: int | None = None
+) -> tuple[list[np.ndarray], list[Path]]:
+    """One split of a photo folder at the photos' own sizes (RGB uint8 ``(H, W, 3)`` each), drawn as
+    `load_folder` draws it, for models that train on crops and are measured on whole photos."""
+    files = list_image_files(directory)
+    if not files:
+        raise DatasetError(f"{directory}: no JPEG/PNG/WebP/BMP files found (searched recursively)")
+    train_indices, val_indices = split_indices(len(files), val_fraction, seed)
+    chosen = [files[i] for i in (train_indices if split == "train" else val_indices)]
+    photos, used = [], []
+    for path in chosen:
+        if limit is not None and len(photos) >= limit:
+            break
+        try:
+            photos.append(imaging.load_array(path, None, 3))
+            used.append(path)
+        except imaging.ImageError as error:
+            warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
+    if not photos:
+        raise DatasetError(f"{directory}: the {split} split has no readable photos")
+    return photos, used

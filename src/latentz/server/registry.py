@@ -18,16 +18,18 @@ from latentz.bundle import (
     DECODER_FILE,
     ENCODER_FILE,
     ENTROPY_MODEL_FILE,
+    HYPERPRIOR_FILE,
     RESCAN_INTERVAL_S,
     BundleInfo,
     ModelIndex,
+    coding_files,
 )
 from latentz.codec import FINGERPRINT_BYTES, Header
 from latentz.server.errors import ApiError
 
 log = logging.getLogger("latentz.server")
 
-SERVED_FILES = (ENCODER_FILE, DECODER_FILE, ENTROPY_MODEL_FILE)
+SERVED_FILES = (ENCODER_FILE, DECODER_FILE, ENTROPY_MODEL_FILE, HYPERPRIOR_FILE)
 """What the browser may fetch from a bundle; weights and checkpoints stay private."""
 
 
@@ -90,7 +92,7 @@ class ModelRegistry:
 
     @staticmethod
     def missing_files(info: BundleInfo) -> list[str]:
-        return [name for name in SERVED_FILES if not info.file(name).is_file()]
+        return [name for name in coding_files(info.path) if not info.file(name).is_file()]
 
     def runtime(self, name: str) -> runtime.ModelRuntime:
         """The shared runtime of an exported model; 404 if unknown, 409 if not exported."""
@@ -133,7 +135,7 @@ class ModelRegistry:
                 continue
             try:
                 model = self.runtime(name)
-                _ = model.encoder, model.decoder, model.entropy
+                model.preload()
                 loaded.append(name)
             except Exception as error:  # one broken bundle must not stop the server
                 log.warning("could not load model %s: %s", name, error)

@@ -114,7 +114,7 @@ def _warm_up(runtime: Any, encoder: bool) -> None:
     Runtime's first run cost 100-300 ms on the first digit)."""
     import numpy as np
 
-    from latentz import codec, imaging
+    from latentz import imaging
 
     key = (str(runtime.info.path), encoder)
     if key in _WARM:
@@ -123,16 +123,8 @@ def _warm_up(runtime: Any, encoder: bool) -> None:
     blank = np.zeros((config.image_size, config.image_size, config.channels), np.uint8)
     if encoder:
         data = runtime.compress(runtime.prepare(imaging.png_bytes(blank)).image)
-    else:  # a receiver may have no encoder: code a zero latent directly
-        data = codec.encode_latent(
-            np.zeros(config.latent_shape(), np.float32),
-            entropy=runtime.entropy,
-            step=codec.step_for_quality(75),
-            fingerprint=runtime.fingerprint,
-            height=config.image_size,
-            width=config.image_size,
-            channels=config.channels,
-        )
+    else:  # a receiver may have no encoder: a zero latent, coded directly
+        data = runtime.blank_file()
     runtime.decompress(data)
     _WARM.add(key)
 
