@@ -6,7 +6,8 @@ On held-out red cars (the bundles' own validation split, photos they never train
 (centre-cropped and resized, as `latentz rd` measures) and at each photo's own size (about
 210x140), this times in one process and one run:
 
-- ``red-cars-64`` and ``red-cars-128`` through the torch-free runtime (`latentz.runtime`), as the
+- ``red-cars-64``, ``red-cars-128`` and ``red-cars-hp`` (format v2) through the torch-free runtime
+  (`latentz.runtime`), as the
   CLI and the server run them: encode is uint8 pixels -> ONNX encoder -> quantise -> range-code ->
   a whole ``.latentz`` file; decode is the file -> checks and range-decode -> ONNX decoder ->
   uint8 pixels (cropped back at own size);
@@ -48,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 RED_CARS = REPO.parent / "shared" / "data" / "red-cars"
 RESULTS = REPO / "bench" / "results" / "codec_speed.json"
 QUICK_RESULTS = Path("/tmp/latentz-bench-quick/codec_speed.json")
-MODELS = ("red-cars-64", "red-cars-128")
+MODELS = ("red-cars-64", "red-cars-128", "red-cars-hp")
 CLASSICS = ("webp", "avif")
 SQUARE = 128
 

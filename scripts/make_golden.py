@@ -52,6 +52,52 @@ def main() -> None:
         print(f"{stem}: {len(data)} bytes, sha256 {expected['file_sha256'][:16]}")
 
 
+#: Format version 2 (the rate-distortion codec), pinned in tests/golden/v2/.
+V2_CASES = {"red-cars-hp": ("test-card.png", 50)}
+
+
+def symbols_digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.asarray(array, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def make_v2() -> None:
+    folder = GOLDEN / "v2"
+    folder.mkdir(exist_ok=True)
+    for model_name, (image_name, quality) in V2_CASES.items():
+        model = runtime.load(model_name)
+        image = imaging.load_array(GOLDEN / image_name, None, 3)
+        data = model.compress(image, quality=quality)
+        header, payload = codec_unpack(data)
+        z, symbols, _mean = model.coder.decode_symbols(payload, header.latent_shape, header.quality)
+        _, latent = model.read(data)
+        stem = f"{model_name}-q{quality}"
+        (folder / f"{stem}.latentz").write_bytes(data)
+        (folder / f"{stem}.png").write_bytes(imaging.png_bytes(model.decompress(data)))
+        expected = {
+            "model": model_name,
+            "fingerprint": model.fingerprint,
+            "image": image_name,
+            "quality": quality,
+            "file_sha256": hashlib.sha256(data).hexdigest(),
+            "file_bytes": len(data),
+            "z_shape": list(z.shape),
+            "symbols_sha256": symbols_digest(z, symbols),
+            "nonzero_y_symbols": int(np.count_nonzero(symbols)),
+            "latent_sha256": hashlib.sha256(np.asarray(latent, dtype="<f4").tobytes()).hexdigest(),
+        }
+        (folder / f"{stem}.json").write_text(json.dumps(expected, indent=1) + "\n")
+        print(f"v2/{stem}: {len(data)} bytes, sha256 {expected['file_sha256'][:16]}")
+
+
+def codec_unpack(data: bytes):
+    from latentz.codec import unpack
+
+    return unpack(data)
+
+
 def codec_payload(data: bytes) -> bytes:
     from latentz.codec import unpack
 
@@ -59,4 +105,8 @@ def codec_payload(data: bytes) -> bytes:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--v2-only" not in sys.argv:
+        main()
+    make_v2()

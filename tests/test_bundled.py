@@ -6,6 +6,7 @@ that lost its quality or its provenance fails here.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -63,3 +64,21 @@ def test_mnist_z10_on_held_out_digits_beats_the_original_demo_by_far(mnist_path:
         assert report[key] is not None, key
     assert report["neg_elbo_nats"] < ORIGINAL_DEMO_NATS - 20
     assert report["active_units"] == 10 and report["pixels"] == "grey-level"
+
+
+def test_the_rate_distortion_photo_codec_card_is_honest() -> None:
+    """red-cars-hp (format v2): made by the default photo recipe of `latentz train`, its tables'
+    digest on the card, its measured curve on it, its plots written, no checkpoint shipped."""
+    path = shipped("red-cars-hp")
+    card = bundle.read_card(path)
+    assert card["command"][:2] == ["latentz", "train"] and "--arch" not in card["command"]
+    assert "src/latentz/bundles/red-cars-hp" in card["command_line"]
+    assert card["fingerprint"] == bundle.sha256_file(path / bundle.WEIGHTS_FILE)
+    tables = bundle.sha256_file(path / bundle.HYPERPRIOR_FILE)
+    assert card["entropy_model"]["sha256"] == tables and card["entropy_model"]["id"] == int(tables[:2], 16)
+    curve = card["rate_distortion"]
+    assert [p["quality"] for p in curve] == list(range(0, 101, 10)) and card["n_val"] == 132
+    assert all(a["bytes"] < b["bytes"] and a["psnr"] < b["psnr"] for a, b in itertools.pairwise(curve))
+    for plot in ("training", "rd"):
+        assert (path / bundle.PLOTS_DIR / f"{plot}.png").stat().st_size > 5_000
+    assert not (path / "checkpoint").exists(), "shipped bundles carry no training checkpoint"

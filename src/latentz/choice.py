@@ -10,7 +10,9 @@ The model rule (`choose_model`), for models that can encode (ONNX exported, with
 2. Anything else (a colour photo, or a grey image too big for the digit models, which would shrink
    it to 28x28) goes to the photo codec: a fully convolutional model, grey ones first for a grey
    image, else the RGB ones.
-3. Among several, the size rule: the smallest training size at or above the image's shorter side
+   A colour photo goes to the rate-distortion photo codec (format v2, `is_rate_distortion`) when
+   one is installed: it is trained on photos at their own size and codes any size.
+3. Among several others, the size rule: the smallest training size at or above the image's shorter side
    (a model trained at 128 px for a 102 px-high car, at 64 px for a 60 px one), else the largest;
    then the best held-out PSNR on the model's card (mnist-z32's 24.9 dB over mnist-z10's 20.2 and
    fashion-z10's 20.5: the README's digit codec), then the name.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latentz.bundle import (
+    HYPERPRIOR_FILE,
     BundleError,
     BundleInfo,
     coding_files,
@@ -54,6 +57,8 @@ PHOTO_SCALE_FACTOR = 2
 """A photo model meets images up to this many times its training size without a warning. Measured:
 red-cars-64 on the held-out cars at 128x128 loses its whole lead over WebP (BD-rate -35.2% at 64x64,
 +1.1% at 128x128, README), so at twice its scale a user should hear about it."""
+RD_MIN_SIDE = 0
+"""Photos whose shorter side is above this go to the rate-distortion codec when one is installed."""
 KNEE_WITHIN_DB = 2.0
 """The recommended quality is the lowest whose held-out PSNR is within this much of the model's best."""
 GREY_SPREAD = 8
@@ -204,6 +209,11 @@ def _by_size(models: list[BundleInfo], side: int) -> BundleInfo:
     return min(same, key=lambda m: (-_held_out_psnr(m), m.name))
 
 
+def is_rate_distortion(info: BundleInfo) -> bool:
+    """A format-v2 photo codec (trained for rate-distortion on photos at their own size)."""
+    return info.file(HYPERPRIOR_FILE).is_file()
+
+
 def _is_small(width: int, height: int, side: int) -> bool:
     return max(width, height) <= SMALL_FACTOR * side
 
@@ -228,6 +238,14 @@ def _pick(width: int, height: int, channels: int, models: list[BundleInfo]) -> t
             or [m for m in photo_models if m.config.channels == 3]
             or photo_models
         )
+        rate_distortion = [m for m in pool if is_rate_distortion(m) and m.config.channels == channels]
+        if rate_distortion and shorter > RD_MIN_SIDE:
+            chosen = min(rate_distortion, key=lambda m: (-_held_out_psnr(m), m.name))
+            reason = (
+                f"a colour photo ({width}x{height}): the rate-distortion photo codec (format v2), trained on "
+                f"photos at their own size"
+            )
+            return chosen, reason, "colour photos: the rate-distortion photo codec"
         chosen = _by_size(pool, shorter)
         size = chosen.config.image_size
         which = (
@@ -280,7 +298,7 @@ def fit_warning(
         problem = f"{info.name} is a grey {size}x{size} model: this {image} photo loses its colour"
         if not config.fully_convolutional:
             problem += f" and comes back {size}x{size}"
-    elif config.fully_convolutional and shorter > PHOTO_SCALE_FACTOR * size:
+    elif config.fully_convolutional and shorter > PHOTO_SCALE_FACTOR * size and not is_rate_distortion(info):
         problem = (
             f"{info.name} was trained on {size}x{size} photos and this {image} image is "
             f"{shorter / size:.1f} times that scale: a photo model codes best near the scale it learnt"

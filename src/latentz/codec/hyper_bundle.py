@@ -73,8 +73,10 @@ class HyperpriorCoder:
         indices = hyper.scale_indices(raw, offsets)
         return hyper.encode_latents(z, symbols, indices, self.z_tables, self.gaussian)
 
-    def decode(self, payload: bytes, latent_shape: tuple[int, int, int], quality: int) -> np.ndarray:
-        """The payload of a file with this latent shape and quality -> ŷ float32 (M, h, w)."""
+    def decode_symbols(
+        self, payload: bytes, latent_shape: tuple[int, int, int], quality: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The payload -> (ẑ, the symbols of y, the predicted mean μ): all integers but μ."""
         offsets = self.offsets(quality)
         means: list[np.ndarray] = []
 
@@ -83,10 +85,15 @@ class HyperpriorCoder:
             means.append(mean)
             return hyper.scale_indices(raw, offsets)
 
-        _, symbols = hyper.decode_latents(
+        z, symbols = hyper.decode_latents(
             payload, self.z_shape(latent_shape), latent_shape, self.z_tables, self.gaussian, indices_for
         )
-        return hyper.dequantize(symbols, means[0], hyper.step_sizes(offsets))
+        return z, symbols, means[0]
+
+    def decode(self, payload: bytes, latent_shape: tuple[int, int, int], quality: int) -> np.ndarray:
+        """The payload of a file with this latent shape and quality -> ŷ float32 (M, h, w)."""
+        _, symbols, mean = self.decode_symbols(payload, latent_shape, quality)
+        return hyper.dequantize(symbols, mean, hyper.step_sizes(self.offsets(quality)))
 
     def save(self, path: Path) -> str:
         """Write the file; returns its SHA-256."""

@@ -31,7 +31,7 @@ def where_found(path: Path) -> str:
 
 
 def model_rows() -> list[dict[str, Any]]:
-    from latentz.choice import recommended_quality
+    from latentz.choice import is_rate_distortion, recommended_quality
 
     rows = []
     for path in list_bundles():
@@ -43,7 +43,7 @@ def model_rows() -> list[dict[str, Any]]:
                 "name": info.name,
                 "where": where_found(path),
                 "path": str(path),
-                "arch": config.arch,
+                "arch": "hyperprior" if is_rate_distortion(info) else config.arch,
                 "image": f"{config.image_size}x{config.image_size}x{config.channels}",
                 "latent_dim": config.latent_dim,
                 "data": info.card.get("data", ""),
@@ -59,7 +59,8 @@ def model_rows() -> list[dict[str, Any]]:
 
 def _latent(row: dict[str, Any]) -> str:
     """A spatial model's latent dimension is channels per 8x8 cell, not a vector length."""
-    return f"{row['latent_dim']} per cell" if row["arch"] == "spatial" else str(row["latent_dim"])
+    spatial = row["arch"] in ("spatial", "hyperprior")
+    return f"{row['latent_dim']} per cell" if spatial else str(row["latent_dim"])
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
