@@ -782,3 +782,33 @@ def test_the_choice_rule_imports_neither_torch_nor_onnx_runtime_and_never_warns_
             picked = choice.choose_model(width, height, channels)
             assert picked.warning == choice.fit_warning(picked.info, width, height, channels)
             assert picked.warning is None or "(no installed model fits it better)" in picked.warning
+
+
+def test_encode_to_a_byte_or_psnr_target_reports_the_quality_chosen(codecs: None, tmp_path: Path) -> None:
+    from latentz import codec
+
+    source = write_digits(tmp_path, ["d.png"])["d.png"]
+    packed = tmp_path / "d.latentz"
+    result = cli(
+        "encode", str(source), "-m", DIGIT_CODEC, "-o", str(packed), "--target-bytes", "35", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["target"] == {"kind": "bytes", "value": 35} and record["met"] is True
+    assert record["reached"]["bytes"] == record["bytes"] == packed.stat().st_size <= 35
+    assert codec.unpack(packed.read_bytes())[0].step == codec.step_for_quality(record["quality"])
+    lines = cli(
+        "encode", str(source), "-m", DIGIT_CODEC, "-o", str(tmp_path / "p.latentz"), "--target-psnr", "18"
+    )
+    assert lines.returncode == 0, lines.stderr
+    assert re.search(r"quality \d+: [\d,]+ bytes, [\d.]+ dB \(target 18\.0 dB\)\.", lines.stdout), (
+        lines.stdout
+    )
+    for flags, said in (
+        (["--target-bytes", "35", "--target-psnr", "18"], "not both"),
+        (["--target-bytes", "35", "-q", "50"], "give --quality or a target"),
+        (["--target-bytes", "0"], "--target-bytes"),
+        (["--target-psnr", "nan"], "--target-psnr must be a positive"),
+    ):
+        refused = cli("encode", str(source), "-m", DIGIT_CODEC, "-o", str(tmp_path / "x.latentz"), *flags)
+        assert refused.returncode == 2 and said in refused.stderr, (flags, refused.stderr)

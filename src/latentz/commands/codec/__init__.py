@@ -87,6 +87,41 @@ def _report_one(outcome: Outcome, as_json: bool, wrote_line: bool) -> None:
         typer.echo(f"wrote {outcome.target}")
 
 
+TARGET_BYTES_HELP = (
+    "Instead of --quality: the highest quality whose file is at most N bytes (each file; the output "
+    "says the quality chosen, the size and PSNR reached, and whether the target was met)."
+)
+TARGET_PSNR_HELP = "Instead of --quality: the lowest quality whose round trip reaches X dB PSNR (each file)."
+
+
+def _check_targets(
+    target_bytes: int | None, target_psnr: float | None, quality: int | None, step: float | None
+) -> None:
+    """Refuse two targets, a target with --quality or --step, or a value out of range (exit 2)."""
+    from latentz.codec import CodecSettingError
+    from latentz.targets import check_targets
+
+    if (target_bytes is not None or target_psnr is not None) and step is not None:
+        fail("give --step or a target (--target-bytes, --target-psnr), not both")
+    try:
+        check_targets(target_bytes, target_psnr, quality)
+    except CodecSettingError as error:
+        message = str(error)
+        for said, flag in FLAG_NAMES:
+            message = message.replace(said, flag)
+        fail(message)
+
+
+FLAG_NAMES = (
+    ("a byte target", "--target-bytes"),
+    ("the byte target", "--target-bytes"),
+    ("a PSNR target", "--target-psnr"),
+    ("the PSNR target", "--target-psnr"),
+    ("a quality", "--quality"),
+)
+"""`latentz.targets.check_targets`'s words for the settings, and the flags that set them."""
+
+
 ENCODE_MODEL_HELP = (
     "Bundle name or folder (default: the installed model that fits each image: the photo codec for colour "
     "photos, the digit codec for small grey images; the output says which and why)."
@@ -122,6 +157,8 @@ def _register_encode(app: typer.Typer) -> None:
         step: float = typer.Option(
             None, "--step", help="Quantisation step in posterior standard deviations (instead of --quality)."
         ),
+        target_bytes: int = typer.Option(None, "--target-bytes", help=TARGET_BYTES_HELP),
+        target_psnr: float = typer.Option(None, "--target-psnr", help=TARGET_PSNR_HELP),
         force: bool = typer.Option(False, "--force", help=FORCE_HELP),
         skip_existing: bool = typer.Option(False, "--skip-existing", help=SKIP_HELP),
         jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
@@ -137,7 +174,19 @@ def _register_encode(app: typer.Typer) -> None:
         if quality is not None and step is not None:
             fail("give --quality or --step, not both")
         _check_flags(force, skip_existing)
-        job = EncodeJob(model, source, out, quality, step, force, skip_existing, max_coded_pixels)
+        _check_targets(target_bytes, target_psnr, quality, step)
+        job = EncodeJob(
+            model,
+            source,
+            out,
+            quality,
+            step,
+            force,
+            skip_existing,
+            max_coded_pixels,
+            target_bytes,
+            target_psnr,
+        )
         if model is None and not installed_models():
             raise choice.NoModelError()
         if model is not None:  # fail fast if bad; workers get the folder, not the name
@@ -211,7 +260,9 @@ def _encode_folder(settings: EncodeJob, jobs: int | None, as_json: bool) -> None
         replace(settings, source=s, target=target)
         for s, target in zip(sources, distinct_targets(source, sources, out, LATENTZ_SUFFIX), strict=True)
     ]
-    if settings.model is not None and settings.quality is None and settings.step is None and not as_json:
+    targeted = settings.target_bytes is not None or settings.target_psnr is not None
+    chosen = settings.quality is not None or settings.step is not None or targeted
+    if settings.model is not None and not chosen and not as_json:
         recommended = choice.recommended_quality(rt.load(settings.model).config)
         typer.echo(f"quality {recommended.quality}, {recommended.reason}; -q sets another")
     outcomes = run_planned(

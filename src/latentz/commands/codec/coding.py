@@ -62,6 +62,8 @@ class EncodeJob:
     force: bool
     skip_existing: bool = False
     max_coded_pixels: int = DEFAULT_CODED_PIXELS
+    target_bytes: int | None = None
+    target_psnr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -180,24 +182,27 @@ def encode_file(job: EncodeJob) -> Outcome:
     channels = choice.image_channels(image)
     runtime, model_reason, model_kind, warning = _model_for(job.model, width, height, channels)
     quality, quality_reason = job.quality, None
-    if quality is None and job.step is None:
+    targeted = job.target_bytes is not None or job.target_psnr is not None
+    if quality is None and job.step is None and not targeted:
         recommended = choice.recommended_quality(runtime.config)
         quality, quality_reason = recommended.quality, recommended.reason
-    fine_step = codec.step_from_units(job.step) if job.step is not None else codec.step_for_quality(quality)
     _warm_up(runtime, encoder=True)
     started = time.perf_counter()
     prepared = runtime.prepare(image, limits)
-    data = runtime.compress(prepared.image, quality=quality, step=job.step)
+    data, quality, reached = _compress(runtime, prepared.image, job, quality)
+    fine_step = codec.step_from_units(job.step) if job.step is not None else codec.step_for_quality(quality)
     seconds = opening + time.perf_counter() - started
     decoded = runtime.decompress(data, limits)
     _write(job.target, data, job.force)
     original_bytes = job.source.stat().st_size
     psnr = metrics.psnr(prepared.image[None], decoded[None])
     coded_height, coded_width = prepared.image.shape[:2]
+    ratio = _ratio(original_bytes, len(data))
     bpp = 8 * len(data) / (coded_width * coded_height)
     return Outcome(
         job.source,
-        f"{job.source.name}: {original_bytes:,} B -> {len(data):,} B ({_ratio(original_bytes, len(data))}), "
+        (f"{job.source.name}: {reached.message}\n" if reached else "")
+        + f"{job.source.name}: {original_bytes:,} B -> {len(data):,} B ({ratio}), "
         f"{bpp:.3f} bpp, PSNR {psnr:.2f} dB, {milliseconds(seconds)}; {prepared.note}",
         target=job.target,
         coded_bytes=len(data),
@@ -215,7 +220,19 @@ def encode_file(job: EncodeJob) -> Outcome:
         input_bytes=original_bytes,
         width=coded_width,
         height=coded_height,
+        reached=reached.record() if reached else None,
     )
+
+
+def _compress(runtime: Any, image: Any, job: EncodeJob, quality: int | None) -> tuple[bytes, int, Any]:
+    """The file at ``quality`` (or ``job.step``), or at the quality `latentz.targets` finds for the
+    job's byte or PSNR target: the bytes, the quality used and the target's result (None without)."""
+    if job.target_bytes is None and job.target_psnr is None:
+        return runtime.compress(image, quality=quality, step=job.step), quality, None  # type: ignore[return-value]
+    from latentz.targets import encode_to_target
+
+    result = encode_to_target(runtime, image, target_bytes=job.target_bytes, target_psnr=job.target_psnr)
+    return result.data, result.quality, result
 
 
 def read_latentz_file(path: Path) -> bytes:

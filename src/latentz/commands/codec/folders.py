@@ -54,6 +54,8 @@ class Outcome:
     input_bytes: int | None = None
     width: int | None = None
     height: int | None = None
+    reached: dict[str, Any] | None = None
+    """With a rate target: `latentz.targets.TargetResult.record` (target, quality, reached, met)."""
 
     @property
     def ok(self) -> bool:
@@ -80,6 +82,7 @@ class Outcome:
             "note": self.note,
             "warning": self.warning,
             "error": self.error,
+            **({key: self.reached[key] for key in ("target", "reached", "met")} if self.reached else {}),
         }
 
 
