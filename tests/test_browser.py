@@ -1367,3 +1367,37 @@ def test_the_api_docs_render_offline(browser, live_server: LiveServer) -> None: 
         assert page.uncaught == []
     finally:
         context.close()
+
+
+def test_codec_page_fits_a_photo_in_the_bytes_asked_for(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ "Fit in N bytes": the page sends target_bytes, and shows a file of at most N bytes and the
+    quality the search chose; a budget too small for any quality is said, not hidden."""
+    photo = tmp_path / "car.png"
+    rows, cols = np.mgrid[0:96, 0:144]
+    scene = np.stack([(cols * 1.7) % 255, (rows * 2.3) % 255, ((rows + cols) * 1.1) % 255], -1)
+    Image.fromarray(scene.astype(np.uint8)).save(photo)
+    page.goto("/codec")
+    page.wait_for_selector("body[data-models=loaded]")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_function("() => document.body.dataset.state === 'done'")
+    free = page.evaluate("window.latentzCodec")["latentz"]["bytes"]
+    budget = max(60, free // 2)
+    page.fill("#target-bytes", str(budget))
+    page.dispatch_event("#target-bytes", "change")
+    page.wait_for_function("() => window.latentzCodec?.target && document.body.dataset.state === 'done'")
+    report = page.evaluate("window.latentzCodec")
+    assert report["target"] == {"kind": "bytes", "value": budget}
+    if report["met"]:
+        assert report["latentz"]["bytes"] <= budget
+        assert page.inner_text("#target-why").startswith(
+            f"fits: {report['latentz']['bytes']} bytes at quality"
+        )
+    else:
+        assert report["quality"] == 0 and page.inner_text("#target-why").startswith("even the lowest quality")
+    assert page.inner_text("#quality-value") == str(report["quality"])
+    page.fill("#target-bytes", "1")
+    page.dispatch_event("#target-bytes", "change")
+    page.wait_for_function(
+        "() => window.latentzCodec?.target?.value === 1 && document.body.dataset.state === 'done'"
+    )
+    assert page.inner_text("#target-why").startswith("even the lowest quality needs more")

@@ -1055,3 +1055,32 @@ def test_an_animation_with_a_damaged_later_frame_is_coded_from_its_first_and_sai
     assert "This animated GIF has 2 or more frames: only the first frame is coded." in report["notes"]
     seen = read_png(base64.b64decode(report["input"]["png_base64"]))
     np.testing.assert_array_equal(seen, np.asarray(frames[0].convert("RGB")))
+
+
+def test_api_encode_fits_a_byte_budget_or_a_psnr_and_refuses_bad_targets(client: httpx.Client) -> None:
+    """``target_bytes`` / ``target_psnr`` pick the quality by `latentz.targets`, over real HTTP: the
+    file is the one the library search gives, at most the budget, and the report says what was met."""
+    from latentz import targets
+
+    digit = make_digits(1, seed=5)[0][0][:, :, None]
+    coder = runtime.load("mnist-z32")
+    image = coder.prepare(png_of(digit)).image
+    expected = targets.encode_to_target(coder, image, target_bytes=30)
+    answer = client.post(
+        "/api/models/mnist-z32/encode?format=json",
+        files={"file": ("d.png", png_of(digit))},
+        data={"target_bytes": "30"},
+    )
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["quality"] == expected.quality and report["met"] is True
+    assert report["target"] == {"kind": "bytes", "value": 30} and report["reached"]["bytes"] <= 30
+    assert base64.b64decode(report["latentz"]["base64"]) == expected.data
+    raw = client.post("/api/encode", files={"file": ("d.png", png_of(digit))}, data={"target_psnr": "20"})
+    assert raw.status_code == 200 and raw.headers["x-latentz-quality"].isdigit()
+    for bad in ({"target_bytes": "0"}, {"target_psnr": "nan"}, {"target_bytes": "30", "target_psnr": "20"},
+                {"target_bytes": "30", "quality": "50"}):  # fmt: skip
+        refused = client.post(
+            "/api/models/mnist-z32/encode", files={"file": ("d.png", png_of(digit))}, data=bad
+        )
+        assert refused.status_code in (400, 422) and "error" in refused.json(), bad

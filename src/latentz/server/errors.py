@@ -130,6 +130,7 @@ EXCEPTION_STATUSES: dict[type[Exception], Mapped] = {
     OutOfMemoryError: Mapped(413, "too_large", lambda error: f"too large for this server's memory: {error}"),
     codec.ModelMismatchError: Mapped(409, "model_mismatch"),
     codec.LatentzFormatError: Mapped(400),
+    codec.CodecSettingError: Mapped(400),
     ModelRuntimeError: Mapped(409, "model_not_exported"),
     EntropyModelError: Mapped(409, "model_not_exported"),
     imaging.ImageError: Mapped(400, message=lambda error: str(error).replace("<bytes>: ", "")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -10,6 +11,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from latentz import choice, codec, imaging
+from latentz import targets as targets_module
 from latentz.runtime import ModelRuntime
 from latentz.server.answers import flat, json_answer
 from latentz.server.dependencies import Jobs, Server, ServerState
@@ -70,6 +72,13 @@ def encode_settings(
     return EncodeSettings(model, quality, model_reason, quality_reason, warning, better)
 
 
+TARGET_BYTES_DESCRIPTION = (
+    "instead of a quality: the largest file of at most this many bytes (the highest quality that fits; "
+    "quality 0 and ``met`` false in the JSON report when even that is bigger)"
+)
+TARGET_PSNR_DESCRIPTION = "instead of a quality: the smallest file whose decoded PSNR reaches this many dB"
+
+
 async def encode_upload(
     state: ServerState,
     jobs: Jobs,
@@ -77,7 +86,9 @@ async def encode_upload(
     file: UploadFile,
     quality: int | None,
     format: Literal["latentz", "json"],
+    targets: tuple[int | None, float | None] = (None, None),
 ) -> Response:
+    target = targets_module.check_targets(*targets, quality)
     data = await read_image_upload(file, state.limits)
 
     def work() -> Response:
@@ -86,10 +97,19 @@ async def encode_upload(
         model = settings.model
         notes = upload_notes(image, data)
         prepared = model.prepare(image, state.sizes)
-        blob = model.compress(prepared.image, quality=settings.quality)
+        reached = None
+        if target is None:
+            blob = model.compress(prepared.image, quality=settings.quality)
+        else:
+            kind, value = target
+            reached = targets_module.encode_to_target(model, prepared.image, **{f"target_{kind}": value})
+            blob = reached.data
+            settings = dataclasses.replace(settings, quality=reached.quality, quality_reason=reached.message)
         download = download_name(file.filename, ".latentz")
         if format == "json":
             report = encode_report(settings, data, image.format, prepared, blob, notes, download, state.sizes)
+            if reached is not None:
+                report = {**report, **reached.record()}
             return json_answer(report)
         headers = {
             "Content-Disposition": f'attachment; filename="{download}"',
@@ -115,9 +135,11 @@ async def encode_any(
     quality: int | None = Form(None, ge=0, le=100, description=QUALITY_FIELD_DESCRIPTION),
     format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
     model: str | None = Query(None, description="code with this model instead of the one that fits"),
+    target_bytes: int | None = Form(None, ge=1, description=TARGET_BYTES_DESCRIPTION),
+    target_psnr: float | None = Form(None, gt=0, allow_inf_nan=False, description=TARGET_PSNR_DESCRIPTION),
 ) -> Response:
     named = await state.runtime(model) if model else None
-    return await encode_upload(state, jobs, named, file, quality, format)
+    return await encode_upload(state, jobs, named, file, quality, format, (target_bytes, target_psnr))
 
 
 @router.post(
@@ -132,8 +154,11 @@ async def encode(
     file: UploadFile = File(..., description="an image (JPEG, PNG, WebP, ...; judged by content)"),
     quality: int | None = Form(None, ge=0, le=100, description=QUALITY_FIELD_DESCRIPTION),
     format: Literal["latentz", "json"] = Query("latentz", description="the file, or a JSON report"),
+    target_bytes: int | None = Form(None, ge=1, description=TARGET_BYTES_DESCRIPTION),
+    target_psnr: float | None = Form(None, gt=0, allow_inf_nan=False, description=TARGET_PSNR_DESCRIPTION),
 ) -> Response:
-    return await encode_upload(state, jobs, await state.runtime(name), file, quality, format)
+    named = await state.runtime(name)
+    return await encode_upload(state, jobs, named, file, quality, format, (target_bytes, target_psnr))
 
 
 async def file_and_model(

@@ -65,11 +65,17 @@ async function compress() {
   clearError();
   document.body.dataset.state = "working";
   const model = select.value === AUTO ? "the model that fits it" : select.value;
-  const at = qualityChosen ? `quality ${quality.value}` : "its recommended quality";
+  const budget = targetBytes();
+  const at = budget
+    ? `the highest quality that fits in ${budget} bytes`
+    : qualityChosen
+      ? `quality ${quality.value}`
+      : "its recommended quality";
   $("#note").textContent = `Encoding ${currentFile.name} with ${model} at ${at}…`;
   const form = new FormData();
   form.append("file", currentFile);
-  if (qualityChosen) form.append("quality", quality.value);
+  if (budget) form.append("target_bytes", String(budget));
+  else if (qualityChosen) form.append("quality", quality.value);
   try {
     const report = await api(encodeUrl(), { method: "POST", body: form });
     if (number !== requestNumber) return; // a newer request is on its way
@@ -130,6 +136,25 @@ function showWarning(report) {
   better.dataset.model = report.better_model ?? "";
 }
 
+// "Fit in N bytes": a whole number of bytes, 1 or more, or nothing (then the quality slider rules).
+function targetBytes() {
+  const value = Number($("#target-bytes").value);
+  return Number.isInteger(value) && value >= 1 ? value : null;
+}
+
+function showTarget(report) {
+  const why = $("#target-why");
+  if (!report.target) {
+    why.textContent = "set a size and the highest quality that fits is used";
+    return;
+  }
+  const got = `${report.reached.bytes} bytes at quality ${report.quality}`;
+  why.textContent = report.met
+    ? `fits: ${got}`
+    : `even the lowest quality needs more: ${got}`;
+  showQuality(report.quality, `the highest that fits in ${report.target.value} bytes`);
+}
+
 function showNotes(report) {
   const chosen = report.model_reason ? `Chosen for ${report.model_reason}.` : "";
   const coded = report.quality_reason ? `Quality ${report.quality}: ${report.quality_reason}.` : "";
@@ -151,6 +176,7 @@ function show(report) {
   latestReport = report;
   $("#result").hidden = false;
   if (!qualityChosen) showQuality(report.quality, `recommended for ${report.model}`);
+  showTarget(report);
   showWarning(report);
   showNotes(report);
   compare.show(report.input.width, report.input.height, [
@@ -392,6 +418,7 @@ async function start() {
     clearTimeout(qualityTimer);
     qualityTimer = setTimeout(compress, 200);
   });
+  $("#target-bytes").addEventListener("change", () => compress());
   $("#quality-reset").addEventListener("click", () => {
     qualityChosen = false;
     followModel();
