@@ -20,6 +20,7 @@ from latentz import bundle, codec, imaging, metrics, runtime
 from latentz.codec import hyper
 from latentz.codec.integer_network import IntegerHyperDecoder
 from latentz.data.folders import load_photos
+from latentz.hyper_runtime import HyperpriorRuntime
 
 MODEL = "red-cars-hp"
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -28,11 +29,11 @@ CARS = Path(__file__).resolve().parents[2] / "shared" / "data" / "red-cars"
 
 
 @pytest.fixture(scope="module")
-def model() -> runtime.HyperpriorRuntime:
+def model() -> HyperpriorRuntime:
     path = bundle.PACKAGED_BUNDLES / MODEL
     assert bundle.is_bundle(path), f"the bundled model {MODEL} is missing"
     loaded = runtime.load(path)
-    assert isinstance(loaded, runtime.HyperpriorRuntime)
+    assert isinstance(loaded, HyperpriorRuntime)
     return loaded
 
 

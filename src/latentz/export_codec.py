@@ -191,11 +191,22 @@ def finish_codec_bundle(
     points = measure(out, val_photos)
     _plot_training(history, out / bundle.PLOTS_DIR / "training.png")
     _plot_rd(points, out / bundle.PLOTS_DIR / "rd.png")
-    card.update(_card_fields(config, history, val_photos, command, train_s, points, model))
+    card.update(_card_fields(config, history, val_photos, command, train_s, points, model, out))
     card["entropy_model"] = {"id": int(tables_sha[:2], 16), "sha256": tables_sha, "file": HYPERPRIOR_FILE,
                              "quality_rows": coder.levels.tolist()}  # fmt: skip
     files.atomic_write_json(out / bundle.CARD_FILE, card)
     return out
+
+
+def _commands(out: Path) -> list[list[str]]:
+    """Every command of the run in order, as `latentz.train.codec` recorded them (a run stopped and
+    resumed, or whose bundle was written by ``--resume`` after its last epoch, has several)."""
+    import json
+
+    from latentz.train.codec import COMMANDS_FILE
+
+    path = out / COMMANDS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _train_count(config: CodecTrainConfig) -> int:
@@ -215,6 +226,7 @@ def _card_fields(
     train_s: float,
     points: list[dict[str, float]],
     model: HyperpriorCodec,
+    out: Path,
 ) -> dict[str, Any]:
     argv = list(command) if command else []
     best = max(points, key=lambda p: p["psnr"])
@@ -226,6 +238,7 @@ def _card_fields(
         "n_val": len(val_photos),
         "command": argv,
         "command_line": shlex.join(argv) if argv else "latentz.train.codec.fit_codec() called from Python",
+        "commands": _commands(out),
         "epochs": history[-1]["epoch"],
         "wall_time_s": round(train_s, 1),
         "codec": to_dict(config.model),

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from latentz import codec, imaging, metrics
-from latentz.runtime import HyperpriorRuntime, ModelRuntime
+from latentz.hyper_runtime import HyperpriorRuntime
+from latentz.runtime import ModelRuntime
 
 LATENTZ_QUALITIES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 CLASSIC_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)

@@ -36,8 +36,6 @@ from latentz.bundle import (
     list_bundles,
     read_bundle,
 )
-from latentz.codec.hyper_bundle import HyperpriorCoder
-from latentz.codec.integer_network import HyperCodecError
 from latentz.codec.limits import DEFAULT_LIMITS, SizeLimits, TooLargeError
 
 
@@ -105,7 +103,7 @@ class ModelRuntime:
     @classmethod
     def load(cls, model: str | Path, threads: int = 1) -> ModelRuntime:
         info = read_bundle(model)
-        kind = HyperpriorRuntime if cls is ModelRuntime and is_hyperprior(info) else cls
+        kind = _runtime_class(info) if cls is ModelRuntime else cls
         return kind(info, threads=threads)
 
     # -- identity -------------------------------------------------------------------------
@@ -360,104 +358,13 @@ class ModelRuntime:
         return self.decode(latent[None], header.height, header.width, limits)[0]
 
 
-class HyperpriorRuntime(ModelRuntime):
-    """A rate-distortion (hyperprior) bundle, format version 2.
+def _runtime_class(info: BundleInfo) -> type[ModelRuntime]:
+    """`ModelRuntime`, or for a rate-distortion bundle (format v2) `latentz.hyper_runtime`'s."""
+    if info.file(HYPERPRIOR_FILE).is_file():
+        from latentz.hyper_runtime import HyperpriorRuntime
 
-    ``encoder.onnx`` is g_a then h_a (image -> ``y``, ``z``); ``decoder.onnx`` is g_s (``ŷ`` ->
-    image). Between them `HyperpriorCoder` quantises and range-codes with integer tables and the
-    integer hyper-decoder, so the symbols are the same on every machine; only ``ŷ``'s mean and the
-    pixels are floating point.
-    """
-
-    def __init__(self, info: BundleInfo, threads: int = 1) -> None:
-        super().__init__(info, threads)
-        self._coder: HyperpriorCoder | None = None
-
-    @property
-    def coder(self) -> HyperpriorCoder:
-        with self._lock:
-            if self._coder is None:
-                try:
-                    self._coder = HyperpriorCoder.load(self.info.file(HYPERPRIOR_FILE))
-                except HyperCodecError as error:
-                    raise ModelRuntimeError(str(error)) from None
-            return self._coder
-
-    def preload(self) -> None:
-        _ = self.encoder, self.decoder, self.coder
-
-    def blank_file(self) -> bytes:
-        size = self.config.image_size
-        latent_shape = self.config.latent_shape(size, size)
-        z = np.zeros(self.coder.z_shape(latent_shape), np.int64)
-        return self._pack(
-            self.coder.encode(np.zeros(latent_shape, np.float32), z, 75), 75, size, size, latent_shape
-        )
-
-    def _pack(self, payload: bytes, quality: int, height: int, width: int, latent_shape: tuple) -> bytes:
-        header = codec.Header(
-            version=codec.VERSION_HYPERPRIOR,
-            quality=quality,
-            fingerprint=bytes.fromhex(self.fingerprint)[: codec.FINGERPRINT_BYTES],
-            entropy_id=self.coder.entropy_id,
-            height=height,
-            width=width,
-            channels=3,
-            latent_shape=tuple(latent_shape),
-        )
-        return codec.pack(header, payload)
-
-    def compress(self, image: np.ndarray, quality: int | None = None, step: float | None = None) -> bytes:
-        """One uint8 image -> a version-2 .latentz file at ``quality`` 0..100 (default 75)."""
-        if step is not None:
-            raise codec.CodecSettingError(
-                f"{self.name} is a rate-distortion codec: give a quality, not a step"
-            )
-        quality = 75 if quality is None else quality
-        if isinstance(quality, bool) or not isinstance(quality, int | np.integer) or not 0 <= quality <= 100:
-            raise codec.CodecSettingError(f"quality must be an integer between 0 and 100, got {quality!r}")
-        images = self._check_images(image)
-        if len(images) != 1:
-            raise ValueError("compress takes one image at a time")
-        y, z = self.encode(images)
-        z_hat = np.floor(z[0].astype(np.float64) + 0.5).astype(np.int64)
-        payload = self.coder.encode(y[0], z_hat, int(quality))
-        return self._pack(payload, int(quality), images.shape[1], images.shape[2], y.shape[1:])
-
-    def check_header(self, header: codec.Header, limits: SizeLimits = DEFAULT_LIMITS) -> None:
-        ours = bytes.fromhex(self.fingerprint)[: codec.FINGERPRINT_BYTES]
-        if header.fingerprint != ours:
-            raise codec.ModelMismatchError(
-                f"this file was made by a model with fingerprint {header.fingerprint_hex}, but {self.name} "
-                f"has fingerprint {ours.hex()}; decode it with the model that encoded it"
-                f"{_installed_maker(header, self)}"
-            )
-        if header.version != codec.VERSION_HYPERPRIOR or header.entropy_id != self.coder.entropy_id:
-            raise codec.ModelMismatchError(
-                f"the file is format version {header.version} with tables {header.entropy_id:02x}; "
-                f"{self.name} reads version 2 with tables {self.coder.entropy_id:02x}"
-            )
-        limits.check_declared(header, fully_convolutional=True, image_size=0, model_name=self.name)
-        expected = self.config.latent_shape(header.height, header.width)
-        if header.channels != 3 or header.latent_shape != expected:
-            raise codec.ModelMismatchError(
-                f"the file holds a {header.width}x{header.height}x{header.channels} image with latent "
-                f"{header.latent_shape}, which {self.name} cannot produce (it expects latent {expected})"
-            )
-
-    def read_parsed(
-        self, header: codec.Header, payload: bytes, limits: SizeLimits = DEFAULT_LIMITS
-    ) -> tuple[codec.Header, np.ndarray]:
-        self.check_header(header, limits)
-        try:
-            latent = self.coder.decode(payload, header.latent_shape, header.quality)
-        except HyperCodecError as error:
-            raise codec.LatentzFormatError(f"corrupt payload: {error}") from None
-        return header, latent
-
-
-def is_hyperprior(info: BundleInfo) -> bool:
-    return info.file(HYPERPRIOR_FILE).is_file()
+        return HyperpriorRuntime
+    return ModelRuntime
 
 
 _RUNTIMES: dict[tuple[Path, str, int], ModelRuntime] = {}
@@ -475,8 +382,7 @@ def runtime_for(info: BundleInfo, threads: int = 1) -> ModelRuntime:
         if runtime is None:
             for stale in [k for k in _RUNTIMES if k[0] == folder and k[2] == threads]:
                 del _RUNTIMES[stale]  # the same folder holds another model now
-            kind = HyperpriorRuntime if is_hyperprior(info) else ModelRuntime
-            runtime = _RUNTIMES[key] = kind(info, threads=threads)
+            runtime = _RUNTIMES[key] = _runtime_class(info)(info, threads=threads)
         return runtime
 
 

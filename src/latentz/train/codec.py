@@ -33,6 +33,8 @@ from latentz.hyperprior import HyperpriorCodec
 from latentz.train.errors import TrainingError
 
 CHECKPOINT_FILE = "checkpoint/codec.pt"
+#: Every command that trained or continued the run, in order (the card lists them).
+COMMANDS_FILE = "checkpoint/commands.json"
 #: Gain offsets are in scale-table steps and act only once rounded; at the network's learning rate
 #: they never moved a whole step in a short run, so they learn this many times faster.
 GAIN_LR_SCALE = 30.0
@@ -235,6 +237,9 @@ def fit_codec(
     run = start(config, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     files.atomic_write_json(out / "train_config.json", to_dict(config))
+    history_file = out / COMMANDS_FILE
+    commands = json.loads(history_file.read_text()) if resume and history_file.is_file() else []
+    files.atomic_write_json(history_file, [*commands, list(command or [])])
     train_photos, val_photos = load_split(config)
     float_epochs = config.epochs - config.integer_epochs
     while run.epoch < config.epochs:

@@ -1,0 +1,110 @@
+"""The runtime of a rate-distortion (hyperprior) bundle, format version 2: numpy, ONNX Runtime
+and constriction, no torch. `latentz.runtime.load` and `runtime_for` hand it out for bundles that
+carry ``hyperprior.safetensors``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from latentz import codec
+from latentz.bundle import HYPERPRIOR_FILE, BundleInfo
+from latentz.codec.hyper_bundle import HyperpriorCoder
+from latentz.codec.integer_network import HyperCodecError
+from latentz.codec.limits import DEFAULT_LIMITS, SizeLimits
+from latentz.runtime import ModelRuntime, ModelRuntimeError, _installed_maker
+
+
+class HyperpriorRuntime(ModelRuntime):
+    """A rate-distortion (hyperprior) bundle, format version 2.
+
+    ``encoder.onnx`` is g_a then h_a (image -> ``y``, ``z``); ``decoder.onnx`` is g_s (``ŷ`` ->
+    image). Between them `HyperpriorCoder` quantises and range-codes with integer tables and the
+    integer hyper-decoder, so the symbols are the same on every machine; only ``ŷ``'s mean and the
+    pixels are floating point.
+    """
+
+    def __init__(self, info: BundleInfo, threads: int = 1) -> None:
+        super().__init__(info, threads)
+        self._coder: HyperpriorCoder | None = None
+
+    @property
+    def coder(self) -> HyperpriorCoder:
+        with self._lock:
+            if self._coder is None:
+                try:
+                    self._coder = HyperpriorCoder.load(self.info.file(HYPERPRIOR_FILE))
+                except HyperCodecError as error:
+                    raise ModelRuntimeError(str(error)) from None
+            return self._coder
+
+    def preload(self) -> None:
+        _ = self.encoder, self.decoder, self.coder
+
+    def blank_file(self) -> bytes:
+        size = self.config.image_size
+        latent_shape = self.config.latent_shape(size, size)
+        z = np.zeros(self.coder.z_shape(latent_shape), np.int64)
+        return self._pack(
+            self.coder.encode(np.zeros(latent_shape, np.float32), z, 75), 75, size, size, latent_shape
+        )
+
+    def _pack(self, payload: bytes, quality: int, height: int, width: int, latent_shape: tuple) -> bytes:
+        header = codec.Header(
+            version=codec.VERSION_HYPERPRIOR,
+            quality=quality,
+            fingerprint=bytes.fromhex(self.fingerprint)[: codec.FINGERPRINT_BYTES],
+            entropy_id=self.coder.entropy_id,
+            height=height,
+            width=width,
+            channels=3,
+            latent_shape=tuple(latent_shape),
+        )
+        return codec.pack(header, payload)
+
+    def compress(self, image: np.ndarray, quality: int | None = None, step: float | None = None) -> bytes:
+        """One uint8 image -> a version-2 .latentz file at ``quality`` 0..100 (default 75)."""
+        if step is not None:
+            raise codec.CodecSettingError(
+                f"{self.name} is a rate-distortion codec: give a quality, not a step"
+            )
+        quality = 75 if quality is None else quality
+        if isinstance(quality, bool) or not isinstance(quality, int | np.integer) or not 0 <= quality <= 100:
+            raise codec.CodecSettingError(f"quality must be an integer between 0 and 100, got {quality!r}")
+        images = self._check_images(image)
+        if len(images) != 1:
+            raise ValueError("compress takes one image at a time")
+        y, z = self.encode(images)
+        z_hat = np.floor(z[0].astype(np.float64) + 0.5).astype(np.int64)
+        payload = self.coder.encode(y[0], z_hat, int(quality))
+        return self._pack(payload, int(quality), images.shape[1], images.shape[2], y.shape[1:])
+
+    def check_header(self, header: codec.Header, limits: SizeLimits = DEFAULT_LIMITS) -> None:
+        ours = bytes.fromhex(self.fingerprint)[: codec.FINGERPRINT_BYTES]
+        if header.fingerprint != ours:
+            raise codec.ModelMismatchError(
+                f"this file was made by a model with fingerprint {header.fingerprint_hex}, but {self.name} "
+                f"has fingerprint {ours.hex()}; decode it with the model that encoded it"
+                f"{_installed_maker(header, self)}"
+            )
+        if header.version != codec.VERSION_HYPERPRIOR or header.entropy_id != self.coder.entropy_id:
+            raise codec.ModelMismatchError(
+                f"the file is format version {header.version} with tables {header.entropy_id:02x}; "
+                f"{self.name} reads version 2 with tables {self.coder.entropy_id:02x}"
+            )
+        limits.check_declared(header, fully_convolutional=True, image_size=0, model_name=self.name)
+        expected = self.config.latent_shape(header.height, header.width)
+        if header.channels != 3 or header.latent_shape != expected:
+            raise codec.ModelMismatchError(
+                f"the file holds a {header.width}x{header.height}x{header.channels} image with latent "
+                f"{header.latent_shape}, which {self.name} cannot produce (it expects latent {expected})"
+            )
+
+    def read_parsed(
+        self, header: codec.Header, payload: bytes, limits: SizeLimits = DEFAULT_LIMITS
+    ) -> tuple[codec.Header, np.ndarray]:
+        self.check_header(header, limits)
+        try:
+            latent = self.coder.decode(payload, header.latent_shape, header.quality)
+        except HyperCodecError as error:
+            raise codec.LatentzFormatError(f"corrupt payload: {error}") from None
+        return header, latent
