@@ -916,7 +916,8 @@ def test_api_encode_picks_the_model_that_fits_and_codes_at_its_recommended_quali
         assert report["model_reason"] == expected.reason and report["model_reason"].startswith(kind)
         assert report["quality"] == recommended.quality
         assert report["quality_reason"] == recommended.reason
-        assert report["step"] == codec.step_for_quality(recommended.quality)
+        v1 = report["format_version"] == 1
+        assert report["step"] == (codec.step_for_quality(recommended.quality) if v1 else None)
         assert report["warning"] is None and report["better_model"] is None
         coder = runtime.load(expected.name)
         blob = base64.b64decode(report["latentz"]["base64"])
@@ -927,8 +928,8 @@ def test_api_encode_picks_the_model_that_fits_and_codes_at_its_recommended_quali
         assert answer.content == blob
         assert answer.headers["x-latentz-model"] == expected.name
         assert answer.headers["x-latentz-quality"] == str(recommended.quality)
-    if {"mnist-z32", "red-cars-128"} <= set(client.get("/api/health").json()["models"]):
-        assert choice.choose_model(207, 118, 3).name == "red-cars-128"
+    if {"mnist-z32", "red-cars-hp"} <= set(client.get("/api/health").json()["models"]):
+        assert choice.choose_model(207, 118, 3).name == "red-cars-hp"
         assert choice.choose_model(28, 28, 1).name == "mnist-z32"
 
 
@@ -936,7 +937,7 @@ def test_an_explicit_quality_still_wins_and_a_bad_one_is_still_400(client: httpx
     upload = png_of(colour_photo(60, 40))
     report = encoded_with(client, "/api/encode?format=json", upload, quality=80)
     assert report["quality"] == 80 and report["quality_reason"] is None
-    assert report["step"] == codec.step_for_quality(80)
+    assert report["model"] == "red-cars-64" and report["step"] == codec.step_for_quality(80)
     response = client.post("/api/encode", files={"file": ("p.png", upload)}, data={"quality": "101"})
     assert_error(response, 400, "bad_request", "quality")
 

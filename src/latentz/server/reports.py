@@ -116,7 +116,8 @@ def encode_report(
         "warning": settings.warning,
         "better_model": settings.better_model,
         "notes": notes,
-        "step": header.step,
+        "step": header.step if header.version == 1 else None,  # format v2 codes a quality, no step
+        "format_version": header.version,
         "note": prepared.note,
         "original": {
             "bytes": len(upload),
