@@ -8,13 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 import latentz
-from latentz.bundle import BundleInfo
+from latentz.bundle import BundleInfo, coding_files
 from latentz.server import assets
 from latentz.server.answers import render_json
 from latentz.server.dependencies import Server, ServerState
 from latentz.server.errors import ERRORS
 from latentz.server.limits import MAX_JSON_BYTES
-from latentz.server.registry import SERVED_FILES
 
 router = APIRouter(tags=["models"])
 
@@ -65,7 +64,7 @@ def _limits(state: ServerState) -> dict[str, Any]:
 
 
 def _with_file_urls(state: ServerState, summary: dict[str, Any], info: BundleInfo) -> dict[str, Any]:
-    return {**summary, "files": state.model_files.urls(info, SERVED_FILES)}
+    return {**summary, "files": state.model_files.urls(info, coding_files(info.path))}
 
 
 @router.get("/api/models")
