@@ -33,6 +33,7 @@ from PIL import Image
 from latentz import data, imaging, metrics, rd
 from latentz.codec import hyper
 from latentz.hyperprior import HyperpriorCodec, HyperpriorConfig
+from latentz.train.codec import padded
 
 REPO = Path(__file__).resolve().parents[1]
 CARS = "../shared/data/red-cars"
@@ -83,13 +84,6 @@ def random_crops(
         crop = image[top : top + size, left : left + size]
         batch[slot] = crop[:, ::-1] if rng.random() < 0.5 else crop
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255)
-
-
-def padded(image: np.ndarray, cell: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H', W') float with H', W' whole cells (edge pixels repeated)."""
-    height, width = image.shape[:2]
-    pad = ((0, -height % cell), (0, -width % cell), (0, 0))
-    return torch.from_numpy(np.pad(image, pad, mode="edge")).permute(2, 0, 1)[None].float().div(255)
 
 
 # -- training -------------------------------------------------------------------------------------

@@ -59,6 +59,19 @@ def _dynamic_axes(rank: int, spatial: bool) -> dict[int, Any]:
 
 def _export(module: nn.Module, example: Tensor, path: Path, inputs: list[str], outputs: list[str]) -> None:
     spatial = module.vae.config.fully_convolutional  # type: ignore[union-attr]
+    export_graph(module, example, path, inputs, outputs, _dynamic_axes(example.ndim, spatial))
+
+
+def export_graph(
+    module: nn.Module,
+    example: Tensor,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: dict[int, Any],
+) -> None:
+    """``module`` on ``example`` as a self-contained ONNX file (``dynamic``: the input's free axes),
+    written atomically: what ONNX Runtime and ONNX Runtime Web load."""
     tmp = path.with_name(f".{path.name}.tmp")
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -69,7 +82,7 @@ def _export(module: nn.Module, example: Tensor, path: Path, inputs: list[str], o
             program = torch.onnx.export(
                 module,
                 (example,),
-                dynamic_shapes=(_dynamic_axes(example.ndim, spatial),),
+                dynamic_shapes=(dynamic,),
                 input_names=inputs,
                 output_names=outputs,
                 opset_version=OPSET,

@@ -13,10 +13,8 @@ Files (beside ``train_config.json`` and the checkpoint)::
 
 from __future__ import annotations
 
-import logging
 import platform
 import shlex
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from latentz.bundle import HYPERPRIOR_FILE
 from latentz.codec import hyper
 from latentz.codec.hyper_bundle import HyperpriorCoder
 from latentz.config import CodecTrainConfig, ModelConfig, to_dict
+from latentz.export import export_graph
 from latentz.hyperprior import HyperpriorCodec
 
 OPSET = 18
@@ -38,6 +37,8 @@ OPSET = 18
 #: than the lowest λ (quality 0) and one as much finer than the highest (quality 100).
 EXTENSION_STEPS = 3
 QUALITIES = tuple(range(0, 101, 10))
+#: One image at a time, of any height and width.
+SIDES = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
 
 
 class _Analysis(nn.Module):
@@ -57,25 +58,6 @@ class _Synthesis(nn.Module):
 
     def forward(self, latent: Tensor) -> Tensor:
         return self.model.synthesise(latent)
-
-
-def _export(module: nn.Module, example: Tensor, path: Path, inputs: list[str], outputs: list[str]) -> None:
-    dims = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
-    tmp = path.with_name(f".{path.name}.tmp")
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                module, (example,), dynamic_shapes=(dims,), input_names=inputs, output_names=outputs,
-                opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
-            )  # fmt: skip
-            program.save(str(tmp), external_data=False)
-    finally:
-        exporter_log.setLevel(level)
-    tmp.replace(path)
 
 
 def quality_rows(levels: np.ndarray) -> np.ndarray:
@@ -180,9 +162,9 @@ def finish_codec_bundle(
     )
     tables_sha = coder.save(out / HYPERPRIOR_FILE)
     with torch.no_grad():
-        _export(_Analysis(model), torch.rand(1, 3, 64, 96), out / bundle.ENCODER_FILE, ["image"], ["y", "z"])
-        _export(_Synthesis(model), torch.randn(1, config.model.latent_channels, 8, 12),
-                out / bundle.DECODER_FILE, ["latent"], ["image"])  # fmt: skip
+        image, latent = torch.rand(1, 3, 64, 96), torch.randn(1, config.model.latent_channels, 8, 12)
+        export_graph(_Analysis(model), image, out / bundle.ENCODER_FILE, ["image"], ["y", "z"], SIDES)
+        export_graph(_Synthesis(model), latent, out / bundle.DECODER_FILE, ["latent"], ["image"], SIDES)
     files.atomic_write_json(out / bundle.CONFIG_FILE, to_dict(model_config(config)))
     # A provisional card lets the runtime open the bundle for the measurements below.
     fingerprint = files.sha256_file(weights)
