@@ -229,7 +229,9 @@ class CodecTrainConfig:
     its own size, ``batch_size`` crops per step, each at a trained λ drawn at random. The learning
     rate follows a cosine from ``lr`` to ``lr / 20`` over the epochs before the last
     ``integer_epochs``, which fine-tune with the integer hyper-decoder simulated. ``kind`` tells a
-    saved ``train_config.json`` from a VAE's.
+    saved ``train_config.json`` from a VAE's. ``init_from`` names a codec bundle of the same sizes
+    whose weights start the run (a warm start: more training for a finished bundle, on a new
+    learning-rate cosine).
     """
 
     data: str = "folder:photos"
@@ -243,6 +245,7 @@ class CodecTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     max_train_images: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):

@@ -191,6 +191,22 @@ def _commands(out: Path) -> list[list[str]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def _warm_start_record(config: CodecTrainConfig) -> dict[str, Any] | None:
+    """Where a warm-started run's weights came from: the source bundle's own card history, so the
+    new card tells the whole training (every command, epoch and second) without the source."""
+    import json
+
+    if config.init_from is None:
+        return None
+    source = Path(config.init_from)
+    try:
+        card = json.loads((source / bundle.CARD_FILE).read_text())
+    except (OSError, ValueError):
+        return {"bundle": str(source)}
+    keys = ("name", "fingerprint", "commands", "epochs", "wall_time_s", "codec", "initialised_from")
+    return {"bundle": str(source), **{k: card[k] for k in keys if k in card}}
+
+
 def _train_count(config: CodecTrainConfig) -> int:
     from latentz.data.folders import list_image_files
     from latentz.data.sets import split_indices
@@ -223,6 +239,7 @@ def _card_fields(
         "commands": _commands(out),
         "epochs": history[-1]["epoch"],
         "wall_time_s": round(train_s, 1),
+        "initialised_from": _warm_start_record(config),
         "codec": to_dict(config.model),
         "metrics": {
             "psnr": best["psnr"],

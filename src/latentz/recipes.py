@@ -107,7 +107,16 @@ def build_codec_config(
         raise ConfigError(f"the config file or the flags give an invalid configuration: {error}") from None
 
 
-_CODEC_RUN_KEYS = ("epochs", "batch_size", "crop_size", "lr", "val_fraction", "seed", "max_train_images")
+_CODEC_RUN_KEYS = (
+    "epochs",
+    "batch_size",
+    "crop_size",
+    "lr",
+    "val_fraction",
+    "seed",
+    "max_train_images",
+    "init_from",
+)
 
 
 def recipe_for(spec: str) -> dict[str, Any]:

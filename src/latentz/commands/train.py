@@ -161,6 +161,12 @@ def train_command(
         "--limit",
         help="Use at most N training images (validation shrinks in proportion); quick runs.",
     ),
+    init_from: Path = typer.Option(
+        None,
+        "--init-from",
+        help="Photo codec: start from this codec bundle's weights (same sizes) on a new learning-rate "
+        "cosine, to train a finished bundle further; its card's history is carried into the new card.",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -207,8 +213,11 @@ def train_command(
     saved = read_config_file(saved_file) if resume and saved_file.is_file() else None
     spec = data or (read_config_file(config_file).get("data") if config_file else None)
     if is_codec_run(spec, arch, saved):
+        run_flags["init_from"] = str(init_from) if init_from is not None else None
         _train_codec(data, config_file, out, saved, run_flags, model_flags, resume, not no_progress)
         return
+    if init_from is not None:
+        fail("--init-from warm-starts the photo codec; a VAE run starts from its seed (or --resume).")
 
     def configure() -> TrainConfig:
         saved = out / TRAIN_CONFIG_FILE

@@ -85,7 +85,7 @@ def random_crops(
     for slot, index in enumerate(order):
         photo = photos[index]
         short = ((0, max(0, size - photo.shape[0])), (0, max(0, size - photo.shape[1])), (0, 0))
-        if any(pad for pad, _ in short[:2]):
+        if any(pad for _, pad in short[:2]):
             photo = np.pad(photo, short, mode="edge")
         top = rng.integers(photo.shape[0] - size + 1)
         left = rng.integers(photo.shape[1] - size + 1)
@@ -111,9 +111,17 @@ def make_optimizer(model: HyperpriorCodec, lr: float) -> torch.optim.Optimizer:
 
 
 def learning_rate(config: CodecTrainConfig, progress: float) -> float:
-    """Cosine from ``lr`` to ``LR_FLOOR * lr`` over the float epochs (``progress`` 0..1), then the floor."""
+    """Cosine from ``lr`` to ``LR_FLOOR * lr`` over the float epochs (``progress`` 0..1), then the floor.
+
+    A warm start ramps up linearly over its first epoch: Adam's first steps move every weight by
+    about ``lr`` whatever its gradient, which would knock a trained model far off its optimum.
+    """
     progress = min(max(progress, 0.0), 1.0)
-    return config.lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+    cosine = config.lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if config.init_from is None:
+        return cosine
+    warmup = 1 / max(1, config.epochs - config.integer_epochs)
+    return cosine * min(1.0, progress / warmup)
 
 
 def train_epoch(run: CodecRun, config: CodecTrainConfig, photos: Sequence[np.ndarray]) -> dict[str, float]:
@@ -212,8 +220,31 @@ def load_checkpoint(path: Path, config: CodecTrainConfig) -> CodecRun:
     return CodecRun(model, optimizer, rng, state["epoch"], json.loads(state["history"]), state["train_s"])
 
 
+def warm_start(model: HyperpriorCodec, config: CodecTrainConfig) -> None:
+    """Load the weights of the codec bundle ``config.init_from`` into ``model`` (float h_s again: the
+    integer epochs calibrate it anew). The bundle must have been trained with the same sizes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    source = Path(str(config.init_from)).expanduser()
+    try:
+        saved = json.loads((source / "train_config.json").read_text())
+        weights = load_file(str(source / "weights.safetensors"))
+    except (OSError, ValueError, SafetensorError) as error:
+        raise TrainingError(f"--init-from {source}: not a finished codec bundle ({error})") from None
+    sizes = json.loads(json.dumps(to_dict(config.model)))  # tuples as the saved JSON has them: lists
+    if saved.get("kind") != "hyperprior" or saved.get("model") != sizes:
+        raise TrainingError(
+            f"--init-from {source}: its codec sizes {saved.get('model')} differ from this run's "
+            f"{sizes}; a warm start needs the same sizes"
+        )
+    model.load_state_dict(weights)
+    model.h_s.quantized = False
+
+
 def start(config: CodecTrainConfig, out: Path, resume: bool) -> CodecRun:
-    """A fresh run from the seed, or the checkpoint in ``out`` when resuming."""
+    """A fresh run from the seed (or from ``init_from``'s weights), or the checkpoint in ``out``
+    when resuming."""
     checkpoint = out / CHECKPOINT_FILE
     if resume and checkpoint.is_file():
         return load_checkpoint(checkpoint, config)
@@ -221,6 +252,8 @@ def start(config: CodecTrainConfig, out: Path, resume: bool) -> CodecRun:
         raise TrainingError(f"{out} already holds a run; continue it with --resume or choose another --out")
     torch.manual_seed(config.seed)
     model = HyperpriorCodec(config.model)
+    if config.init_from is not None:
+        warm_start(model, config)
     return CodecRun(model, make_optimizer(model, config.lr), np.random.default_rng(config.seed))
 
 
