@@ -1,4 +1,4 @@
-"""The runtime of a rate-distortion (hyperprior) bundle, format version 2: numpy, ONNX Runtime
+"""The runtime of a rate-distortion (hyperprior) bundle, format versions 2 and 3: numpy, ONNX Runtime
 and constriction, no torch. `latentz.runtime.load` and `runtime_for` hand it out for bundles that
 carry ``hyperprior.safetensors``."""
 
@@ -15,7 +15,8 @@ from latentz.runtime import ModelRuntime, ModelRuntimeError, _installed_maker
 
 
 class HyperpriorRuntime(ModelRuntime):
-    """A rate-distortion (hyperprior) bundle, format version 2.
+    """A rate-distortion (hyperprior) bundle, format versions 2 and 3 (3: the planar payload of
+    `latentz.codec.planar`, for flat images).
 
     ``encoder.onnx`` is g_a then h_a (image -> ``y``, ``z``); ``decoder.onnx`` is g_s (``ŷ`` ->
     image). Between them `HyperpriorCoder` quantises and range-codes with integer tables and the
@@ -44,13 +45,14 @@ class HyperpriorRuntime(ModelRuntime):
         size = self.config.image_size
         latent_shape = self.config.latent_shape(size, size)
         z = np.zeros(self.coder.z_shape(latent_shape), np.int64)
-        return self._pack(
-            self.coder.encode(np.zeros(latent_shape, np.float32), z, 75), 75, size, size, latent_shape
-        )
+        payload = self.coder.encode(np.zeros(latent_shape, np.float32), z, 75)
+        return self._pack(codec.VERSION_HYPERPRIOR, payload, 75, size, size, latent_shape)
 
-    def _pack(self, payload: bytes, quality: int, height: int, width: int, latent_shape: tuple) -> bytes:
+    def _pack(
+        self, version: int, payload: bytes, quality: int, height: int, width: int, latent_shape: tuple
+    ) -> bytes:
         header = codec.Header(
-            version=codec.VERSION_HYPERPRIOR,
+            version=version,
             quality=quality,
             fingerprint=bytes.fromhex(self.fingerprint)[: codec.FINGERPRINT_BYTES],
             entropy_id=self.coder.entropy_id,
@@ -62,7 +64,8 @@ class HyperpriorRuntime(ModelRuntime):
         return codec.pack(header, payload)
 
     def compress(self, image: np.ndarray, quality: int | None = None, step: float | None = None) -> bytes:
-        """One uint8 image -> a version-2 .latentz file at ``quality`` 0..100 (default 75)."""
+        """One uint8 image -> a .latentz file at ``quality`` 0..100 (default 75): version 2, or 3
+        where the planar payload is smaller."""
         if step is not None:
             raise codec.CodecSettingError(
                 f"{self.name} is a rate-distortion codec: give a quality, not a step"
@@ -75,8 +78,8 @@ class HyperpriorRuntime(ModelRuntime):
             raise ValueError("compress takes one image at a time")
         y, z = self.encode(images)
         z_hat = np.floor(z[0].astype(np.float64) + 0.5).astype(np.int64)
-        payload = self.coder.encode(y[0], z_hat, int(quality))
-        return self._pack(payload, int(quality), images.shape[1], images.shape[2], y.shape[1:])
+        version, payload = self.coder.encode_smallest(y[0], z_hat, int(quality))
+        return self._pack(version, payload, int(quality), images.shape[1], images.shape[2], y.shape[1:])
 
     def check_header(self, header: codec.Header, limits: SizeLimits = DEFAULT_LIMITS) -> None:
         ours = bytes.fromhex(self.fingerprint)[: codec.FINGERPRINT_BYTES]
@@ -86,10 +89,10 @@ class HyperpriorRuntime(ModelRuntime):
                 f"has fingerprint {ours.hex()}; decode it with the model that encoded it"
                 f"{_installed_maker(header, self)}"
             )
-        if header.version != codec.VERSION_HYPERPRIOR or header.entropy_id != self.coder.entropy_id:
+        if header.version not in codec.RATE_DISTORTION_VERSIONS or header.entropy_id != self.coder.entropy_id:
             raise codec.ModelMismatchError(
                 f"the file is format version {header.version} with tables {header.entropy_id:02x}; "
-                f"{self.name} reads version 2 with tables {self.coder.entropy_id:02x}"
+                f"{self.name} reads versions 2 and 3 with tables {self.coder.entropy_id:02x}"
             )
         limits.check_declared(header, fully_convolutional=True, image_size=0, model_name=self.name)
         expected = self.config.latent_shape(header.height, header.width)
@@ -104,7 +107,7 @@ class HyperpriorRuntime(ModelRuntime):
     ) -> tuple[codec.Header, np.ndarray]:
         self.check_header(header, limits)
         try:
-            latent = self.coder.decode(payload, header.latent_shape, header.quality)
+            latent = self.coder.decode(payload, header.latent_shape, header.quality, header.version)
         except HyperCodecError as error:
             raise codec.LatentzFormatError(f"corrupt payload: {error}") from None
         return header, latent

@@ -21,7 +21,9 @@ from latentz.codec.entropy import (
 )
 from latentz.codec.format import (
     FINGERPRINT_BYTES,
+    RATE_DISTORTION_VERSIONS,
     VERSION_HYPERPRIOR,
+    VERSION_PLANAR,
     BadMagicError,
     ChecksumError,
     CodecSettingError,
@@ -39,7 +41,9 @@ __all__ = [
     "FINE_PER_UNIT",
     "FINGERPRINT_BYTES",
     "QUALITY_STEPS",
+    "RATE_DISTORTION_VERSIONS",
     "VERSION_HYPERPRIOR",
+    "VERSION_PLANAR",
     "BadMagicError",
     "ChecksumError",
     "CodecSettingError",

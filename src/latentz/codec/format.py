@@ -1,6 +1,6 @@
 """The ``.latentz`` container: a compact versioned header, the range-coded payload, a CRC.
 
-Layout (versions 1 and 2; docs/latentz-format.md is the full specification)::
+Layout (versions 1, 2 and 3; docs/latentz-format.md is the full specification)::
 
     offset  size  field
     0       2     magic "LZ"
@@ -11,7 +11,7 @@ Layout (versions 1 and 2; docs/latentz-format.md is the full specification)::
     .       1     channels << 4 | latent rank        (channels 1 or 3; rank 1 vector, 3 spatial)
     .       var   latent dimensions (LEB128 each)
     .       var   v1: quantisation step in fine units (LEB128, >= 1; 4 fine units = 1 posterior std)
-    .       1     v2: quality 0..100 (the rate-distortion codec's gain offsets follow from it)
+    .       1     v2, v3: quality 0..100 (the rate-distortion codec's gain offsets follow from it)
     .       n     payload: range-coded symbols
     end-2   2     CRC-16/CCITT (big-endian) of every byte before it
 
@@ -31,7 +31,12 @@ MAGIC = b"LZ"
 VERSION = 1
 VERSION_HYPERPRIOR = 2
 """Version 2: the rate-distortion (hyperprior) codec; its payload holds the hyper-latent, then y."""
-VERSIONS = (VERSION, VERSION_HYPERPRIOR)
+VERSION_PLANAR = 3
+"""Version 3: the rate-distortion codec's planar payload (`latentz.codec.planar`): version 2's
+header, a payload of planar-prediction residuals of the quantised latent (flat images)."""
+RATE_DISTORTION_VERSIONS = (VERSION_HYPERPRIOR, VERSION_PLANAR)
+"""The versions whose header carries a quality: files of a rate-distortion bundle."""
+VERSIONS = (VERSION, VERSION_HYPERPRIOR, VERSION_PLANAR)
 FINGERPRINT_BYTES = 4
 CHECKSUM_BYTES = 2
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -87,7 +92,7 @@ class Header:
     latent_shape: tuple[int, ...]
     step: int = 1
     version: int = VERSION
-    quality: int = 0  # version 2 only
+    quality: int = 0  # versions 2 and 3 only
 
     def __post_init__(self) -> None:
         _check_header(self)
@@ -122,9 +127,9 @@ def _check_header(header: Header) -> None:
     if header.version not in VERSIONS:
         raise LatentzFormatError(f"format version {header.version} is not one of {VERSIONS}")
     v2_ok = len(header.latent_shape) == 3 and 0 <= header.quality <= 100
-    if header.version == VERSION_HYPERPRIOR and not v2_ok:
+    if header.version in RATE_DISTORTION_VERSIONS and not v2_ok:
         raise LatentzFormatError(
-            f"a version 2 file has a spatial latent and a quality 0..100, got {header.quality}"
+            f"a version {header.version} file has a spatial latent and a quality 0..100, got {header.quality}"
         )
     if not 1 <= header.step <= MAX_STEP:
         raise LatentzFormatError(f"quantisation step {header.step} is outside 1..{MAX_STEP}")
@@ -175,7 +180,7 @@ def pack(header: Header, payload: bytes) -> bytes:
     head.append(header.channels << 4 | len(header.latent_shape))
     for dim in header.latent_shape:
         head += _leb128(dim)
-    if header.version == VERSION_HYPERPRIOR:
+    if header.version in RATE_DISTORTION_VERSIONS:
         head.append(header.quality)
     else:
         head += _leb128(header.step)
@@ -209,7 +214,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     version = data[len(MAGIC)]
     if version not in VERSIONS:  # judged after the checksum: a flipped bit is damage, not a version
         raise UnsupportedVersionError(
-            f"unsupported .latentz format version {version}; this latentz reads versions 1 and 2"
+            f"unsupported .latentz format version {version}; this latentz reads versions 1, 2 and 3"
         )
     reader = _Reader(body, len(body))
     reader.take(len(MAGIC) + 1, "magic")
@@ -222,11 +227,11 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if rank not in LATENT_RANKS:
         raise LatentzFormatError(f"corrupt .latentz header: latent rank {rank} (expected 1 or 3)")
     latent_shape = tuple(reader.varint("latent shape") for _ in range(rank))
-    if version == VERSION_HYPERPRIOR:
+    if version in RATE_DISTORTION_VERSIONS:
         step, quality = 1, reader.take(1, "quality")[0]
         if rank != 3 or quality > 100:
             raise LatentzFormatError(
-                f"corrupt .latentz header: version 2 with rank {rank}, quality {quality}"
+                f"corrupt .latentz header: version {version} with rank {rank}, quality {quality}"
             )
     else:
         step, quality = reader.varint("quantisation step"), 0

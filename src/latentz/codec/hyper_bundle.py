@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentz.codec import hyper
+from latentz.codec import hyper, planar
+from latentz.codec.format import VERSION_HYPERPRIOR, VERSION_PLANAR
 from latentz.codec.integer_network import HyperCodecError, IntegerHyperDecoder
 
 #: The hyper-latent has one cell per 4x4 latent cells (two stride-2 stages in h_a).
@@ -73,6 +74,18 @@ class HyperpriorCoder:
         indices = hyper.scale_indices(raw, offsets)
         return hyper.encode_latents(z, symbols, indices, self.z_tables, self.gaussian)
 
+    def encode_smallest(self, y: np.ndarray, z: np.ndarray, quality: int) -> tuple[int, bytes]:
+        """(format version, payload) of the shorter coding of ``y`` at ``quality``: the hyperprior
+        payload (version 2) or, for a latent that is flat or a plane, the planar one (version 3,
+        `latentz.codec.planar`), which is tried only when its estimate beats the hyperprior's."""
+        payload = self.encode(y, z, quality)
+        symbols = hyper.quantize(y, np.zeros(y.shape, np.float32), hyper.step_sizes(self.offsets(quality)))
+        table, bits = planar.estimated_bits(planar.residuals(symbols), self.gaussian)
+        if bits / 8 + 1 >= len(payload):
+            return VERSION_HYPERPRIOR, payload
+        flat = planar.encode(symbols, self.gaussian, table)
+        return (VERSION_PLANAR, flat) if len(flat) < len(payload) else (VERSION_HYPERPRIOR, payload)
+
     def decode_symbols(
         self, payload: bytes, latent_shape: tuple[int, int, int], quality: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,10 +103,20 @@ class HyperpriorCoder:
         )
         return z, symbols, means[0]
 
-    def decode(self, payload: bytes, latent_shape: tuple[int, int, int], quality: int) -> np.ndarray:
-        """The payload of a file with this latent shape and quality -> ŷ float32 (M, h, w)."""
+    def decode(
+        self,
+        payload: bytes,
+        latent_shape: tuple[int, int, int],
+        quality: int,
+        version: int = VERSION_HYPERPRIOR,
+    ) -> np.ndarray:
+        """The payload of a file with this latent shape, quality and format version -> ŷ float32 (M, h, w)."""
+        steps = hyper.step_sizes(self.offsets(quality))
+        if version == VERSION_PLANAR:
+            symbols = planar.decode(payload, latent_shape, self.gaussian)
+            return hyper.dequantize(symbols, np.zeros(latent_shape, np.float32), steps)
         _, symbols, mean = self.decode_symbols(payload, latent_shape, quality)
-        return hyper.dequantize(symbols, mean, hyper.step_sizes(self.offsets(quality)))
+        return hyper.dequantize(symbols, mean, steps)
 
     def save(self, path: Path) -> str:
         """Write the file; returns its SHA-256."""
