@@ -21,7 +21,7 @@ from chromium import CHROMIUM, NetworkMeter, launch
 from conftest import REAL_MNIST, REPO, LiveServer, make_digits
 from PIL import Image
 
-from latentz import choice, codec, runtime
+from latentz import choice, codec, imaging, metrics, runtime
 
 pytestmark = pytest.mark.browser
 
@@ -1401,3 +1401,27 @@ def test_codec_page_fits_a_photo_in_the_bytes_asked_for(page, tmp_path: Path) ->
         "() => window.latentzCodec?.target?.value === 1 && document.body.dataset.state === 'done'"
     )
     assert page.inner_text("#target-why").startswith("even the lowest quality needs more")
+
+
+@pytest.mark.parametrize("kind", ["photo", "flat"])
+def test_receiver_decodes_rate_distortion_files_of_both_payloads(page, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """red-cars-hp's files, a held-out car (version 2, hyperprior payload) and a flat grey image
+    (version 3, planar payload): entropy decoding on the server, the fp16 GDN decoder in the page."""
+    model = runtime.load("red-cars-hp")
+    if kind == "photo":
+        image = imaging.load_array(held_out_car(tmp_path), None, 3)
+    else:
+        image = np.full((120, 200, 3), 128, np.uint8)
+    blob = model.compress(image, quality=50)
+    assert codec.unpack(blob)[0].version == {"photo": 2, "flat": 3}[kind]
+    path = tmp_path / f"{kind}.latentz"
+    path.write_bytes(blob)
+    page.goto("/receiver")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("body[data-state=done]", timeout=LOAD_TIMEOUT_MS)
+    decoded = pixels(page, "#decoded")[:, :, :3].astype(int)
+    expected = model.decompress(blob).astype(int)
+    assert decoded.shape == image.shape
+    assert np.abs(decoded - expected).max() <= 2
+    in_page, on_server = (metrics.psnr(image, x.astype(np.uint8)) for x in (decoded, expected))
+    assert abs(in_page - on_server) < 0.05 and on_server > 30

@@ -178,3 +178,13 @@ def test_what_is_not_an_onnx_model_is_refused(data: bytes) -> None:
 def test_an_unknown_precision_is_refused(shipped: dict[str, bytes]) -> None:
     with pytest.raises(ValueError, match="fp16, int8"):
         lean_model(shipped["decoder"], "int4")  # type: ignore[arg-type]
+
+
+def test_a_decoder_exported_with_a_batch_of_one_is_judged_too() -> None:
+    """The rate-distortion codec's g_s takes one latent at a time: the check runs its probes one by
+    one (it used to fail, and the receiver fell back to the float32 decoder)."""
+    info = read_bundle("red-cars-hp")
+    decoder = info.file(DECODER_FILE).read_bytes()
+    lean = lean_model(decoder, "fp16")
+    errors = browser_models.output_error(decoder, info.config.latent_shape(32, 48), lean_decoder=lean)
+    assert 0 < errors["decoder"] <= browser_models.TOLERANCE_GREY_LEVELS["fp16"]

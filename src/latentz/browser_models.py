@@ -347,7 +347,13 @@ def _session(model: bytes) -> Any:
 
 
 def _run(session: Any, array: np.ndarray) -> list[np.ndarray]:
-    return session.run(None, {session.get_inputs()[0].name: array})
+    """The outputs for a batch, one sample at a time for a graph exported with a batch of 1 (the
+    rate-distortion codec's)."""
+    source = session.get_inputs()[0]
+    if source.shape[0] != 1 or len(array) == 1:
+        return session.run(None, {source.name: array})
+    parts = [session.run(None, {source.name: sample[None]}) for sample in array]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 def probe_latents(latent_shape: tuple[int, ...], count: int = 16, seed: int = 0) -> np.ndarray:
