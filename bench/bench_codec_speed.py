@@ -134,7 +134,7 @@ def run(count: int, repeats: int, quality: int) -> dict:
         for fmt in CLASSICS:
             timed[fmt] = time_codec(
                 lambda image, fmt=fmt: imaging.encode_with(image, fmt, quality),
-                lambda data: imaging.load_array(data, None, 3),
+                lambda data: imaging.decode_baseline(data, 3),
                 images,
                 repeats,
             )

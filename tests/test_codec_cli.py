@@ -575,7 +575,11 @@ def test_encode_without_a_model_picks_the_codec_that_fits_each_image_and_says_wh
         "thumb.png": (PHOTO_SMALL, "a colour photo (60x40): the photo codec trained at 64x64", (60, 40)),
         "digit.png": (DIGIT_CODEC, "a small grey image (28x28): the digit codec", (28, 28)),
         "scan.jpg": (DIGIT_CODEC, "a small grey image (100x100): the digit codec", (28, 28)),
-        "grey-photo.png": (PHOTO_LARGE, "a grey image too big for a digit model (600x400)", (600, 400)),
+        "grey-photo.png": (
+            PHOTO_RD,
+            "a grey image too big for a digit model (600x400): the rate-distortion",
+            (600, 400),
+        ),
     }
     for name, (model, reason, size) in expected.items():
         packed = tmp_path / f"{name}.latentz"

@@ -50,6 +50,16 @@ def test_residuals_integrate_back_exactly_and_the_payload_round_trips(symbols: n
     np.testing.assert_array_equal(planar.decode(payload, symbols.shape, TABLES), symbols)
 
 
+@settings(max_examples=60, deadline=None)
+@given(symbols=symbols_arrays)
+def test_the_entropy_bound_never_exceeds_what_the_payload_costs(symbols: np.ndarray) -> None:
+    """The encoder skips the planar payload when this bound alone beats version 2: it must be a bound."""
+    residual = planar.residuals(symbols)
+    bound = planar.entropy_bound_bits(residual)
+    assert bound <= planar.estimated_bits(residual, TABLES)[1] + 1e-6
+    assert bound / 8 <= len(planar.encode(symbols, TABLES))
+
+
 def test_a_plane_leaves_residuals_only_on_its_first_row_and_column() -> None:
     rows, cols = np.meshgrid(np.arange(9), np.arange(13), indexing="ij")
     plane = np.stack([3 * rows - 2 * cols + 7, np.full_like(rows, -5)])

@@ -10,9 +10,12 @@ The model rule (`choose_model`), for models that can encode (ONNX exported, with
 2. Anything else (a colour photo, or a grey image too big for the digit models, which would shrink
    it to 28x28) goes to the photo codec: a fully convolutional model, grey ones first for a grey
    image, else the RGB ones.
-   A colour photo whose shorter side is above `RD_MIN_SIDE` (64 px) goes to the rate-distortion
-   photo codec (format v2, `is_rate_distortion`) when one is installed: it is trained on photos at
-   their own size; thumbnails keep the size rule (red-cars-64 codes them better).
+   A photo (colour, or a grey image too big for the digit models) whose shorter side is above
+   `RD_MIN_SIDE` (64 px) goes to the rate-distortion photo codec (format v2, `is_rate_distortion`)
+   when one is installed: it is trained on photos at their own size (on 20 held-out cars made
+   grey, red-cars-hp gives 28.1 dB at 1,873 bytes where red-cars-128 stops at 28.2 dB for 6,275;
+   a flat grey image becomes its planar version-3 file); thumbnails keep the size rule
+   (red-cars-64 codes them better).
 3. Among several others, the size rule: the smallest training size at or above the image's shorter side
    (a model trained at 128 px for a 102 px-high car, at 64 px for a 60 px one), else the largest;
    then the best held-out PSNR on the model's card (mnist-z32's 24.9 dB over mnist-z10's 20.2 and
@@ -241,14 +244,16 @@ def _pick(width: int, height: int, channels: int, models: list[BundleInfo]) -> t
             or [m for m in photo_models if m.config.channels == 3]
             or photo_models
         )
-        rate_distortion = [m for m in pool if is_rate_distortion(m) and m.config.channels == channels]
+        rate_distortion = [m for m in pool if is_rate_distortion(m)]
+        image = "a colour photo" if channels == 3 else "a grey image too big for a digit model"
         if rate_distortion and shorter > RD_MIN_SIDE:
             chosen = min(rate_distortion, key=lambda m: (-_held_out_psnr(m), m.name))
             reason = (
-                f"a colour photo ({width}x{height}): the rate-distortion photo codec (format v2), trained on "
+                f"{image} ({width}x{height}): the rate-distortion photo codec (format v2), trained on "
                 f"photos at their own size"
             )
-            return chosen, reason, "colour photos: the rate-distortion photo codec"
+            kind = "colour photos" if channels == 3 else "grey images too big for a digit model"
+            return chosen, reason, f"{kind}: the rate-distortion photo codec"
         chosen = _by_size([m for m in pool if not is_rate_distortion(m)] or pool, shorter)
         size = chosen.config.image_size
         which = (
@@ -256,7 +261,6 @@ def _pick(width: int, height: int, channels: int, models: list[BundleInfo]) -> t
             if shorter <= size
             else "the largest photo-model size installed"
         )
-        image = "a colour photo" if channels == 3 else "a grey image too big for a digit model"
         reason = (
             f"{image} ({width}x{height}): the photo codec trained at {size}x{size}, {which} ({shorter} px)"
         )

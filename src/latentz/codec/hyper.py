@@ -251,15 +251,20 @@ def _groups(tables_used: np.ndarray) -> list[tuple[int, np.ndarray]]:
 
 
 def _encode_grouped(
-    encoder: object, values: np.ndarray, tables_used: np.ndarray, tables: IntegerTables
+    encoder: object,
+    values: np.ndarray,
+    tables_used: np.ndarray,
+    tables: IntegerTables,
+    groups: list[tuple[int, np.ndarray]] | None = None,
 ) -> None:
     """Code ``values`` (flat int64) element ``i`` under table ``tables_used[i]``: table by table in
-    ascending order, each table's elements in flat order, then every escape's overshoot in flat order."""
+    ascending order, each table's elements in flat order, then every escape's overshoot in flat order.
+    ``groups`` is ``_groups(tables_used)`` when the caller has it already."""
     entries = values - tables.offsets[tables_used]
     sizes = tables.sizes[tables_used]
     escaped = (entries < 0) | (entries >= sizes)
     coded = np.where(escaped, sizes, entries).astype(np.int32)
-    for table, positions in _groups(tables_used):
+    for table, positions in groups if groups is not None else _groups(tables_used):
         encoder.encode(coded[positions], tables.categorical(table))
     for entry, size in zip(entries[escaped], sizes[escaped], strict=True):
         above = entry >= size
@@ -271,10 +276,15 @@ def _encode_grouped(
             encoder.encode((overshoot + 1) - (1 << (length - 1)), _uniform(1 << (length - 1)))
 
 
-def _decode_grouped(decoder: object, tables_used: np.ndarray, tables: IntegerTables) -> np.ndarray:
+def _decode_grouped(
+    decoder: object,
+    tables_used: np.ndarray,
+    tables: IntegerTables,
+    groups: list[tuple[int, np.ndarray]] | None = None,
+) -> np.ndarray:
     """Inverse of `_encode_grouped` for elements whose tables are ``tables_used`` (flat)."""
     coded = np.empty(len(tables_used), dtype=np.int64)
-    for table, positions in _groups(tables_used):
+    for table, positions in groups if groups is not None else _groups(tables_used):
         coded[positions] = decoder.decode(tables.categorical(table), len(positions))
     sizes = tables.sizes[tables_used]
     values = coded + tables.offsets[tables_used]
@@ -289,6 +299,14 @@ def _decode_grouped(decoder: object, tables_used: np.ndarray, tables: IntegerTab
         else:
             values[position] = table_start - 1 - overshoot
     return values
+
+
+def _range_decoder(payload: bytes) -> object:
+    """constriction's queue decoder over ``payload`` (zero-padded to whole 32-bit words)."""
+    import constriction
+
+    padded = payload + b"\0" * (-len(payload) % 4)
+    return constriction.stream.queue.RangeDecoder(np.frombuffer(padded, dtype=">u4").astype(np.uint32))
 
 
 def _check_symbols(symbols: np.ndarray, name: str) -> np.ndarray:
@@ -325,19 +343,22 @@ def encode_latents(
     if indices.min(initial=0) < 0 or indices.max(initial=0) >= gaussian_tables.count:
         raise ValueError("scale indices outside the Gaussian tables")
     z_tables = np.broadcast_to(np.arange(hyper_tables.count)[:, None, None], z_symbols.shape).ravel()
+    y_tables = indices.ravel().astype(np.int64)
+    # Sorted once: the optimal termination below decodes several candidate endings of one stream.
+    z_groups, y_groups = _groups(z_tables), _groups(y_tables)
     encoder = constriction.stream.queue.RangeEncoder()
-    _encode_grouped(encoder, z_symbols.ravel(), z_tables, hyper_tables)
-    _encode_grouped(encoder, y_symbols.ravel(), indices.ravel().astype(np.int64), gaussian_tables)
+    _encode_grouped(encoder, z_symbols.ravel(), z_tables, hyper_tables, z_groups)
+    _encode_grouped(encoder, y_symbols.ravel(), y_tables, gaussian_tables, y_groups)
     full = encoder.get_compressed().astype(">u4").tobytes()
 
     def decodes_right(candidate: bytes) -> bool:
         try:
-            z, y = decode_latents(
-                candidate, z_symbols.shape, y_symbols.shape, hyper_tables, gaussian_tables, lambda _z: indices
-            )
-        except ValueError:
+            decoder = _range_decoder(candidate)
+            z = _decode_grouped(decoder, z_tables, hyper_tables, z_groups)
+            y = _decode_grouped(decoder, y_tables, gaussian_tables, y_groups)
+        except (AssertionError, RuntimeError, ValueError):
             return False
-        return np.array_equal(z, z_symbols) and np.array_equal(y, y_symbols)
+        return np.array_equal(z, z_symbols.ravel()) and np.array_equal(y, y_symbols.ravel())
 
     return _shortest_payload(full, decodes_right)
 
@@ -352,12 +373,10 @@ def decode_latents(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of `encode_latents`: decode ``ẑ``, ask ``indices_for(ẑ)`` (the integer hyper-decoder
     and the gain offsets) for the table of every ``y`` element, decode ``y``. Returns both."""
-    import constriction
 
     if len(z_shape) != 3 or z_shape[0] != hyper_tables.count or len(y_shape) != 3:
         raise ValueError(f"shapes {z_shape}, {y_shape} do not fit tables of {hyper_tables.count} channels")
-    padded = payload + b"\0" * (-len(payload) % 4)
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(padded, dtype=">u4").astype(np.uint32))
+    decoder = _range_decoder(payload)
     z_tables = np.broadcast_to(np.arange(hyper_tables.count)[:, None, None], z_shape).ravel()
     try:
         z = _decode_grouped(decoder, z_tables, hyper_tables).reshape(z_shape)

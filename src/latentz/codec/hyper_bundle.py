@@ -80,7 +80,10 @@ class HyperpriorCoder:
         `latentz.codec.planar`), which is tried only when its estimate beats the hyperprior's."""
         payload = self.encode(y, z, quality)
         symbols = hyper.quantize(y, np.zeros(y.shape, np.float32), hyper.step_sizes(self.offsets(quality)))
-        table, bits = planar.estimated_bits(planar.residuals(symbols), self.gaussian)
+        residual = planar.residuals(symbols)
+        if planar.entropy_bound_bits(residual) / 8 >= len(payload):
+            return VERSION_HYPERPRIOR, payload  # a photo: planar coding cannot win
+        table, bits = planar.estimated_bits(residual, self.gaussian)
         if bits / 8 + 1 >= len(payload):
             return VERSION_HYPERPRIOR, payload
         flat = planar.encode(symbols, self.gaussian, table)

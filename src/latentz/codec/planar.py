@@ -41,6 +41,15 @@ def integrate(residual: np.ndarray) -> np.ndarray:
     return np.cumsum(np.cumsum(np.asarray(residual, dtype=np.int64), axis=1), axis=2)
 
 
+def entropy_bound_bits(residual: np.ndarray) -> float:
+    """A lower bound on the bits of any payload of `encode` for ``residual``: its count times the
+    empirical entropy of its values (tails beyond ±255 merged, which only lowers it). One pass, so
+    the encoder can rule the planar payload out for a photo before `estimated_bits` looks at 64 tables."""
+    counts = np.bincount((np.clip(residual, -255, 256) + 255).ravel())
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log2(counts / counts.sum())).sum())
+
+
 def estimated_bits(residual: np.ndarray, tables: hyper.IntegerTables) -> tuple[int, float]:
     """(table, ideal bits) of the Gaussian table that codes ``residual`` in the fewest bits,
     escapes counted with their Elias-gamma overshoot."""
@@ -75,7 +84,7 @@ def encode(symbols: np.ndarray, tables: hyper.IntegerTables, table: int | None =
         table, _ = estimated_bits(residual, tables)
     used = np.full(residual.size, table, dtype=np.int64)
     encoder = constriction.stream.queue.RangeEncoder()
-    hyper._encode_grouped(encoder, residual.ravel(), used, tables)
+    hyper._encode_grouped(encoder, residual.ravel(), used, tables, _one_group(table, residual.size))
     full = encoder.get_compressed().astype(">u4").tobytes()
 
     def decodes_right(candidate: bytes) -> bool:
@@ -87,20 +96,23 @@ def encode(symbols: np.ndarray, tables: hyper.IntegerTables, table: int | None =
     return bytes([table]) + _shortest_payload(full, decodes_right)
 
 
+def _one_group(table: int, count: int) -> list[tuple[int, np.ndarray]]:
+    """Every element under one table, in raster order (what `hyper._groups` would sort out)."""
+    return [(table, np.arange(count))]
+
+
 def decode(payload: bytes, shape: tuple[int, int, int], tables: hyper.IntegerTables) -> np.ndarray:
     """Inverse of `encode`: the payload of a latent of ``shape`` -> its integer symbols."""
-    import constriction
-
     if not payload:
         raise HyperCodecError("the planar payload is empty: it has no table byte")
     table = payload[0]
     if table >= tables.count:
         raise HyperCodecError(f"the planar payload names table {table}; there are {tables.count}")
-    body = payload[1:] + b"\0" * (-(len(payload) - 1) % 4)
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(body, dtype=">u4").astype(np.uint32))
-    used = np.full(math.prod(shape), table, dtype=np.int64)
+    count = math.prod(shape)
+    used = np.full(count, table, dtype=np.int64)
     try:
-        residual = hyper._decode_grouped(decoder, used, tables).reshape(shape)
+        decoder = hyper._range_decoder(payload[1:])
+        residual = hyper._decode_grouped(decoder, used, tables, _one_group(table, count)).reshape(shape)
     except (AssertionError, RuntimeError) as error:  # constriction's "invalid data"
         raise HyperCodecError(f"the planar payload does not decode with these tables ({error})") from None
     return integrate(residual)
