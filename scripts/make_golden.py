@@ -52,8 +52,9 @@ def main() -> None:
         print(f"{stem}: {len(data)} bytes, sha256 {expected['file_sha256'][:16]}")
 
 
-#: Format version 2 (the rate-distortion codec), pinned in tests/golden/v2/.
-V2_CASES = {"red-cars-hp": ("test-card.png", 50)}
+#: Formats 2 and 3 (the rate-distortion codec's two payloads), pinned in tests/golden/v2/: a test
+#: card (version 2, hyperprior) and a flat grey image (version 3, planar).
+V2_CASES = (("red-cars-hp", "test-card.png", 50), ("red-cars-hp", "flat-grey.png", 50))
 
 
 def symbols_digest(*arrays: np.ndarray) -> str:
@@ -66,14 +67,18 @@ def symbols_digest(*arrays: np.ndarray) -> str:
 def make_v2() -> None:
     folder = GOLDEN / "v2"
     folder.mkdir(exist_ok=True)
-    for model_name, (image_name, quality) in V2_CASES.items():
+    for model_name, image_name, quality in V2_CASES:
         model = runtime.load(model_name)
         image = imaging.load_array(GOLDEN / image_name, None, 3)
         data = model.compress(image, quality=quality)
         header, payload = codec_unpack(data)
-        z, symbols, _mean = model.coder.decode_symbols(payload, header.latent_shape, header.quality)
+        z, symbols = model.coder.file_symbols(payload, header.latent_shape, header.quality, header.version)
         _, latent = model.read(data)
-        stem = f"{model_name}-q{quality}"
+        stem = (
+            f"{model_name}-q{quality}"
+            if image_name == "test-card.png"
+            else f"{model_name}-{Path(image_name).stem}-q{quality}"
+        )
         (folder / f"{stem}.latentz").write_bytes(data)
         (folder / f"{stem}.png").write_bytes(imaging.png_bytes(model.decompress(data)))
         expected = {
@@ -81,6 +86,7 @@ def make_v2() -> None:
             "fingerprint": model.fingerprint,
             "image": image_name,
             "quality": quality,
+            "version": header.version,
             "file_sha256": hashlib.sha256(data).hexdigest(),
             "file_bytes": len(data),
             "z_shape": list(z.shape),

@@ -111,7 +111,10 @@ def test_a_step_is_refused_and_quality_is_checked(model, held_out) -> None:
 
 # -- golden files ---------------------------------------------------------------------------------
 def test_v2_golden_cases_exist() -> None:
-    assert {json.loads(p.read_text())["model"] for p in V2_CASES} == {MODEL}
+    """Both payloads of the rate-distortion codec are pinned: version 2 and version 3 (planar)."""
+    cases = [json.loads(p.read_text()) for p in V2_CASES]
+    assert {case["model"] for case in cases} == {MODEL}
+    assert {case["version"] for case in cases} == {2, 3}
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -132,7 +135,8 @@ def test_v2_golden_file_is_reproduced_and_decodes_to_pinned_symbols(case: Path, 
     assert data == case.with_suffix(".latentz").read_bytes()
     assert hashlib.sha256(data).hexdigest() == expected["file_sha256"]
     header, payload = codec.unpack(data)
-    z, symbols, _ = model.coder.decode_symbols(payload, header.latent_shape, header.quality)
+    assert header.version == expected["version"]
+    z, symbols = model.coder.file_symbols(payload, header.latent_shape, header.quality, header.version)
     assert list(z.shape) == expected["z_shape"] and _digest(z, symbols) == expected["symbols_sha256"]
     _, latent = model.read(data)
     assert hashlib.sha256(np.asarray(latent, dtype="<f4").tobytes()).hexdigest() == expected["latent_sha256"]

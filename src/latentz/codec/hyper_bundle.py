@@ -106,6 +106,15 @@ class HyperpriorCoder:
         )
         return z, symbols, means[0]
 
+    def file_symbols(
+        self, payload: bytes, latent_shape: tuple[int, int, int], quality: int, version: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ẑ, the symbols of y) a file carries; a planar (version 3) file has no ẑ (an empty array)."""
+        if version == VERSION_PLANAR:
+            return np.zeros((0,), np.int64), planar.decode(payload, latent_shape, self.gaussian)
+        z, symbols, _ = self.decode_symbols(payload, latent_shape, quality)
+        return z, symbols
+
     def decode(
         self,
         payload: bytes,
