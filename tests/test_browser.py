@@ -1395,6 +1395,8 @@ def test_codec_page_fits_a_photo_in_the_bytes_asked_for(page, tmp_path: Path) ->
     else:
         assert report["quality"] == 0 and page.inner_text("#target-why").startswith("even the lowest quality")
     assert page.inner_text("#quality-value") == str(report["quality"])
+    note = page.inner_text("#choice")
+    assert note.count(f"uality {report['quality']}:") == 1 and ".." not in note, note
     page.fill("#target-bytes", "1")
     page.dispatch_event("#target-bytes", "change")
     page.wait_for_function(

@@ -157,7 +157,10 @@ function showTarget(report) {
 
 function showNotes(report) {
   const chosen = report.model_reason ? `Chosen for ${report.model_reason}.` : "";
-  const coded = report.quality_reason ? `Quality ${report.quality}: ${report.quality_reason}.` : "";
+  // A target's reason is already a sentence that names the quality ("quality 42: 2,339 bytes ...").
+  const reason = (report.quality_reason ?? "").replace(/\.$/, "");
+  const named = reason.startsWith(`quality ${report.quality}:`);
+  const coded = !reason ? "" : named ? `Q${reason.slice(1)}.` : `Quality ${report.quality}: ${reason}.`;
   $("#choice").textContent = [chosen, coded].filter(Boolean).join(" ");
   $("#choice").hidden = !chosen && !coded;
   const list = $("#notes");
