@@ -205,14 +205,24 @@ def test_the_symbols_do_not_depend_on_any_float_path(model, held_out) -> None:
 
 
 # -- hostile files --------------------------------------------------------------------------------
+#: Images whose files take each payload of the rate-distortion codec: noise (version 2, the
+#: hyperprior) and a flat grey (version 3, planar), each with the qualities to damage it at.
+DAMAGE_SOURCES = {
+    2: (np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8), [40]),
+    3: (np.full((96, 128, 3), 200, np.uint8), [0, 50, 100]),
+}
+
+
+@pytest.mark.parametrize("version", sorted(DAMAGE_SOURCES))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_damaged_v2_files_fail_with_format_errors(model, data) -> None:
-    """Flipped bytes with a fixed checksum, truncations and junk payloads: each either decodes to an
-    image of the declared size or is refused with a LatentzFormatError (a clear, 4xx-able error)."""
-    texture = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-    original = model.compress(texture, quality=40)
-    assert codec.unpack(original)[0].version == codec.VERSION_HYPERPRIOR
+def test_damaged_rate_distortion_files_fail_with_format_errors(model, version: int, data) -> None:
+    """Flipped bytes with a fixed checksum, truncations and junk payloads, in files of either
+    payload: each either decodes to an image of the declared size or is refused with a
+    LatentzFormatError (a clear, 4xx-able error)."""
+    image, qualities = DAMAGE_SOURCES[version]
+    original = model.compress(image, quality=data.draw(st.sampled_from(qualities)))
+    assert codec.unpack(original)[0].version == version
     body = bytearray(original[:-2])
     choice = data.draw(st.sampled_from(["flip", "truncate", "junk"]))
     if choice == "flip":
@@ -230,7 +240,7 @@ def test_damaged_v2_files_fail_with_format_errors(model, data) -> None:
     except (codec.LatentzFormatError, TooLargeError):
         return
     header = codec.unpack(damaged)[0]
-    assert decoded.shape == (header.height, header.width, 3)
+    assert decoded.shape == (header.height, header.width, 3) and decoded.dtype == np.uint8
 
 
 def test_a_v2_file_declaring_a_huge_image_is_refused_from_its_header(model) -> None:
