@@ -54,6 +54,9 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONPATH": str(SRC)},
         start_new_session=True,  # its own process group, so a Ctrl-C sent to it never reaches pytest
+        # As from a terminal: a shell starts background jobs with SIGINT ignored, which the command
+        # would inherit from a pytest run in the background (and finish its run despite a Ctrl-C).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
