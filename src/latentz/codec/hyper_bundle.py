@@ -110,9 +110,7 @@ class HyperpriorCoder:
         self, payload: bytes, latent_shape: tuple[int, int, int], quality: int, version: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ẑ, the symbols of y) a file carries; a planar (version 3) file has no ẑ (an empty array)."""
-        if version == VERSION_PLANAR:
-            return np.zeros((0,), np.int64), planar.decode(payload, latent_shape, self.gaussian)
-        z, symbols, _ = self.decode_symbols(payload, latent_shape, quality)
+        z, symbols, _ = self._read(payload, latent_shape, quality, version)
         return z, symbols
 
     def decode(
@@ -123,12 +121,17 @@ class HyperpriorCoder:
         version: int = VERSION_HYPERPRIOR,
     ) -> np.ndarray:
         """The payload of a file with this latent shape, quality and format version -> ŷ float32 (M, h, w)."""
-        steps = hyper.step_sizes(self.offsets(quality))
+        _, symbols, mean = self._read(payload, latent_shape, quality, version)
+        return hyper.dequantize(symbols, mean, hyper.step_sizes(self.offsets(quality)))
+
+    def _read(
+        self, payload: bytes, latent_shape: tuple[int, int, int], quality: int, version: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ẑ, symbols, μ) of either payload: a planar one has no ẑ and a zero mean."""
         if version == VERSION_PLANAR:
             symbols = planar.decode(payload, latent_shape, self.gaussian)
-            return hyper.dequantize(symbols, np.zeros(latent_shape, np.float32), steps)
-        _, symbols, mean = self.decode_symbols(payload, latent_shape, quality)
-        return hyper.dequantize(symbols, mean, steps)
+            return np.zeros((0,), np.int64), symbols, np.zeros(latent_shape, np.float32)
+        return self.decode_symbols(payload, latent_shape, quality)
 
     def save(self, path: Path) -> str:
         """Write the file; returns its SHA-256."""

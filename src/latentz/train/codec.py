@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentz import files
+from latentz import bundle, files
 from latentz.config import CodecTrainConfig, ConfigError, to_dict
 from latentz.data.folders import load_photos
 from latentz.data.runs import SPLIT_SEED
@@ -228,8 +228,8 @@ def warm_start(model: HyperpriorCodec, config: CodecTrainConfig) -> None:
 
     source = Path(str(config.init_from)).expanduser()
     try:
-        saved = json.loads((source / "train_config.json").read_text())
-        weights = load_file(str(source / "weights.safetensors"))
+        saved = json.loads((source / bundle.TRAIN_CONFIG_FILE).read_text())
+        weights = load_file(str(source / bundle.WEIGHTS_FILE))
     except (OSError, ValueError, SafetensorError) as error:
         raise TrainingError(f"--init-from {source}: not a finished codec bundle ({error})") from None
     sizes = json.loads(json.dumps(to_dict(config.model)))  # tuples as the saved JSON has them: lists
