@@ -119,6 +119,38 @@ def test_round_trip_is_exact_and_close_to_the_ideal_length(gaussian: hyper.Integ
     assert ideal_bits / 8 - 1 <= len(payload) <= ideal_bits / 8 + 4
 
 
+def _increment(data: bytes) -> bytes | None:
+    """``data`` + 1 as a big-endian number of the same length (None when it would overflow)."""
+    value = int.from_bytes(data, "big") + 1
+    return value.to_bytes(len(data), "big") if value < 1 << (8 * len(data)) else None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_payload_is_the_shortest_ending_that_decodes(gaussian: hyper.IntegerTables, seed: int) -> None:
+    """Optimal termination, which checks most candidate endings from a checkpoint near the end of
+    the stream: the payload decodes, and no one byte shorter ending does (neither the truncation
+    nor the truncation rounded up). Half the cases put escapes in the last group coded."""
+    rng = np.random.default_rng(seed)
+    z_tables = factorized(4)
+    z = np.round(rng.normal(0, 3, (4, 2, 3))).astype(np.int64)
+    indices = rng.integers(0, 30, (24, 8, 11))
+    y = np.round(rng.normal(0, hyper.scale_table()[indices])).astype(np.int64)
+    if seed % 2:
+        last = indices == indices.max()
+        y[last] += rng.choice([-1, 1], int(last.sum())) * 10_000
+    payload = hyper.encode_latents(z, y, indices, z_tables, gaussian)
+
+    def decodes(candidate: bytes) -> bool:
+        try:
+            back = hyper.decode_latents(candidate, z.shape, y.shape, z_tables, gaussian, lambda _z: indices)
+        except hyper.HyperCodecError:
+            return False
+        return np.array_equal(back[0], z) and np.array_equal(back[1], y)
+
+    assert decodes(payload) and payload[-1:] != b"\0"
+    assert not any(decodes(c) for c in (payload[:-1], _increment(payload[:-1])) if c is not None)
+
+
 def test_values_outside_every_table_escape_and_come_back(gaussian: hyper.IntegerTables) -> None:
     z_tables = factorized(2)
     z = np.array([[[0, 13, -13, 500]], [[-(1 << 15), 0, 1, 2]]])
@@ -182,6 +214,21 @@ def test_integer_convolution_is_exact_at_the_extremes() -> None:
     assert np.array_equal(first.accumulate(x), reference_accumulate(first, x))
 
 
+def test_integer_convolution_is_exact_either_side_of_the_float32_bound() -> None:
+    """`accumulate` sums in float32 when no partial sum can reach 2^24 and in float64 otherwise;
+    both sides of that line, with every weight and input at its largest, match Python integers."""
+    for row_sum in (((1 << 24) - 1) // 255, ((1 << 24) - 1) // 255 + 1):  # 65,793: float32; 65,794: not
+        weight = np.zeros(64 * 9, np.int64)
+        full, rest = divmod(row_sum, 127)
+        weight[:full], weight[full] = 127, rest
+        weight = np.stack([weight, -weight]).reshape(2, 64, 3, 3)
+        layer = hyper.IntegerConv(weight, np.array([0, 7]), np.ones(2, int), np.ones(2, int), False)
+        x = np.full((64, 3, 3), 255)
+        acc = layer.accumulate(x)
+        assert acc[0, 1, 1] == row_sum * 255 and acc[1, 1, 1] == 7 - row_sum * 255
+        assert np.array_equal(acc, reference_accumulate(layer, x))
+
+
 def test_requantize_rounds_ties_upward_and_pixel_shuffle_follows_torch() -> None:
     layer = hyper.IntegerConv(
         np.zeros((4, 1, 3, 3), np.int64), np.zeros(4, np.int64), np.full(4, 3), np.full(4, 2), shuffle=True
@@ -226,8 +273,9 @@ print(digest(index), digest(mean), "torch" in sys.modules)
 
 
 def test_scale_indices_do_not_depend_on_blas_threads(tmp_path: Path) -> None:
-    """The same ẑ gives bit-identical indices and means with 1 and 4 BLAS threads (the float64
-    products are exact), and the decoder never imports torch."""
+    """The same ẑ gives bit-identical indices and means whatever BLAS threads the process is given
+    (the float products are exact, and run on one thread anyway), and the decoder never imports
+    torch."""
     rng = np.random.default_rng(5)
     decoder = random_decoder(rng, z_channels=16, width=32, latent=24)
     arrays = decoder.to_arrays()

@@ -256,15 +256,20 @@ def _encode_grouped(
     tables_used: np.ndarray,
     tables: IntegerTables,
     groups: list[tuple[int, np.ndarray]] | None = None,
-) -> None:
+    checkpoints: list[tuple[int, object]] | None = None,
+) -> np.ndarray:
     """Code ``values`` (flat int64) element ``i`` under table ``tables_used[i]``: table by table in
     ascending order, each table's elements in flat order, then every escape's overshoot in flat order.
-    ``groups`` is ``_groups(tables_used)`` when the caller has it already."""
+    ``groups`` is ``_groups(tables_used)`` when the caller has it already; ``checkpoints``, when
+    given, receives (group number, ``encoder.pos()``) before each group. Returns the table entries
+    coded (an escape's entry being the table size), which `_decode_grouped` takes as ``known``."""
     entries = values - tables.offsets[tables_used]
     sizes = tables.sizes[tables_used]
     escaped = (entries < 0) | (entries >= sizes)
     coded = np.where(escaped, sizes, entries).astype(np.int32)
-    for table, positions in groups if groups is not None else _groups(tables_used):
+    for number, (table, positions) in enumerate(groups if groups is not None else _groups(tables_used)):
+        if checkpoints is not None:
+            checkpoints.append((number, encoder.pos()))
         encoder.encode(coded[positions], tables.categorical(table))
     for entry, size in zip(entries[escaped], sizes[escaped], strict=True):
         above = entry >= size
@@ -274,6 +279,7 @@ def _encode_grouped(
         encoder.encode(length - 1, _uniform(_ESCAPE_LENGTH_ALPHABET))
         if length > 1:
             encoder.encode((overshoot + 1) - (1 << (length - 1)), _uniform(1 << (length - 1)))
+    return coded
 
 
 def _decode_grouped(
@@ -281,9 +287,12 @@ def _decode_grouped(
     tables_used: np.ndarray,
     tables: IntegerTables,
     groups: list[tuple[int, np.ndarray]] | None = None,
+    known: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Inverse of `_encode_grouped` for elements whose tables are ``tables_used`` (flat)."""
-    coded = np.empty(len(tables_used), dtype=np.int64)
+    """Inverse of `_encode_grouped` for elements whose tables are ``tables_used`` (flat). With
+    ``known`` (the coded entries, from the encoder) only ``groups`` are decoded, over it: a decoder
+    sought to a checkpoint before those groups checks the end of a stream without the rest."""
+    coded = np.empty(len(tables_used), dtype=np.int64) if known is None else known.astype(np.int64)
     for table, positions in groups if groups is not None else _groups(tables_used):
         coded[positions] = decoder.decode(tables.categorical(table), len(positions))
     sizes = tables.sizes[tables_used]
@@ -348,7 +357,8 @@ def encode_latents(
     z_groups, y_groups = _groups(z_tables), _groups(y_tables)
     encoder = constriction.stream.queue.RangeEncoder()
     _encode_grouped(encoder, z_symbols.ravel(), z_tables, hyper_tables, z_groups)
-    _encode_grouped(encoder, y_symbols.ravel(), y_tables, gaussian_tables, y_groups)
+    checkpoints: list[tuple[int, object]] = []
+    y_coded = _encode_grouped(encoder, y_symbols.ravel(), y_tables, gaussian_tables, y_groups, checkpoints)
     full = encoder.get_compressed().astype(">u4").tobytes()
 
     def decodes_right(candidate: bytes) -> bool:
@@ -360,7 +370,32 @@ def encode_latents(
             return False
         return np.array_equal(z, z_symbols.ravel()) and np.array_equal(y, y_symbols.ravel())
 
-    return _shortest_payload(full, decodes_right)
+    # A candidate ending differs from `full` only in its last bytes, and a range decoder reads at
+    # most two words past the point it has decoded to: every symbol coded before a checkpoint at
+    # word p decodes as in `full` when the candidate agrees with it up to byte 4 (p + 3). So such
+    # a candidate is checked by seeking to the checkpoint and decoding only the groups after it.
+    # The ending chosen is then decoded whole; should that ever fail, every ending is re-checked
+    # whole, so the result is always a verified decode.
+    usable = [(number, pos) for number, pos in checkpoints if 4 * (pos[0] + 3) <= len(full.rstrip(b"\0")) - 8]
+    if not usable:
+        return _shortest_payload(full, decodes_right)
+    first_group, (position, state) = usable[-1]
+    agreed_bytes = 4 * (position + 3)
+
+    def tail_decodes_right(candidate: bytes) -> bool:
+        padded = candidate.ljust(agreed_bytes, b"\0")[:agreed_bytes]
+        if padded != full[:agreed_bytes]:
+            return decodes_right(candidate)
+        try:
+            decoder = _range_decoder(candidate)
+            decoder.seek(position, state)
+            y = _decode_grouped(decoder, y_tables, gaussian_tables, y_groups[first_group:], y_coded)
+        except (AssertionError, RuntimeError, ValueError):
+            return False
+        return np.array_equal(y, y_symbols.ravel())
+
+    payload = _shortest_payload(full, tail_decodes_right)
+    return payload if decodes_right(payload) else _shortest_payload(full, decodes_right)
 
 
 def decode_latents(
