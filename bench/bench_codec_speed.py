@@ -16,7 +16,8 @@ On held-out red cars (the bundles' own validation split, photos they never train
   and file -> pixels.
 
 Everything runs on one core: ONNX Runtime with one intra-op thread (the runtime's default), AVIF
-encode and decode with one thread; WebP, the range coder and numpy's element-wise work are
+encode and decode with one thread; WebP, the range coder, numpy's element-wise work and the integer
+hyper-decoder's BLAS products (the runtime limits BLAS to one thread around them) are
 single-threaded. Each codec first codes every image once (warm-up: sessions load, caches fill);
 then each repeat times a pass over all the images, and the figure is the median over repeats of
 (pass time / images), in CPU time of the process (the work runs in one thread, so this is its cost
