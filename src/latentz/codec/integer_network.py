@@ -12,6 +12,7 @@ threads spin for each one (measured: 14x the CPU time of one thread on the share
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -29,7 +30,7 @@ _EXACT_FLOAT32 = 1 << 24
 _BLAS: ThreadpoolController | None = None
 
 
-def _one_blas_thread() -> object:
+def _one_blas_thread() -> AbstractContextManager[object]:
     """A context that limits BLAS to one thread (the controller is found once, on first use)."""
     global _BLAS
     if _BLAS is None:
