@@ -800,7 +800,9 @@ def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showe
     report = page.evaluate("window.latentzCodec")
     assert report["original"]["bytes"] == photo.stat().st_size
     assert f"{photo.stat().st_size:,} bytes" in page.inner_text("#stat-original")
-    assert f"{report['latentz']['bytes']} bytes" in page.inner_text("#stat-latentz")
+    assert f"{report['latentz']['bytes']:,} bytes" in page.inner_text("#stat-latentz")
+    assert f"{report['latentz']['bytes']:,} bytes, PSNR" in page.inner_text("#latentz-bytes-caption")
+    assert f"{report['webp']['bytes']:,} bytes, PSNR" in page.inner_text("#stat-webp")
     assert f"{report['ratio']:.1f}× smaller than the upload" in page.inner_text("#stat-ratio")
     caption = page.inner_text("#webp-caption")
     if report["webp"]["fits_budget"]:
@@ -810,7 +812,6 @@ def test_codec_page_compresses_a_photo_and_the_download_decodes_to_what_it_showe
         assert caption.startswith(f"WebP's smallest file, {factor:.1f}× bigger than the .latentz · "), caption
         assert page.inner_text("#stat-webp-title") == "WebP's smallest file"
     assert f"{report['reconstruction']['psnr']:.2f} dB" in page.inner_text("#stat-psnr")
-    assert "bytes, PSNR" in page.inner_text("#stat-webp")
     assert page.evaluate("document.querySelector('#webp').naturalWidth") == model.config.image_size
 
     with page.expect_download() as download_info:

@@ -188,25 +188,25 @@ function show(report) {
     pngUrl(report.webp.webp_base64, "image/webp"),
   ]);
   $("#input-size").textContent = `${report.input.width}×${report.input.height}, ${report.input.raw_bytes.toLocaleString()} raw bytes`;
-  $("#latentz-bytes-caption").textContent = `${report.latentz.bytes} bytes, PSNR ${dB(report.reconstruction.psnr)}`;
+  $("#latentz-bytes-caption").textContent = `${report.latentz.bytes.toLocaleString()} bytes, PSNR ${dB(report.reconstruction.psnr)}`;
   // Said as it is: WebP at the same budget, or (when it cannot get that small) its smallest file.
   const webp = report.webp;
   const webpWhat = webp.fits_budget
     ? "WebP at the same budget"
     : `WebP's smallest file, ${sizeComparison(webp.bytes, report.latentz.bytes)} the .latentz`;
-  caption($("#webp-caption"), webpWhat, `${webp.bytes} bytes, PSNR ${dB(webp.psnr)}`);
+  caption($("#webp-caption"), webpWhat, `${webp.bytes.toLocaleString()} bytes, PSNR ${dB(webp.psnr)}`);
   $("#stat-webp-title").textContent = webp.fits_budget ? "WebP at that budget" : "WebP's smallest file";
   $("#stat-original").textContent =
     `${report.original.bytes.toLocaleString()} bytes (${report.original.format}, ` +
     `${report.original.width}×${report.original.height})`;
   $("#stat-latentz").textContent =
-    `${report.latentz.bytes} bytes (${report.latentz.header_bytes} of header and checksum), ` +
+    `${report.latentz.bytes.toLocaleString()} bytes (${report.latentz.header_bytes} of header and checksum), ` +
     `${report.bits_per_pixel.toFixed(3)} bits per pixel, latent ${report.latentz.latent_shape.join("×")}`;
   $("#stat-ratio").textContent =
     `${sizeComparison(report.latentz.bytes, report.original.bytes)} the upload, ` +
     `${sizeComparison(report.latentz.bytes, report.input.raw_bytes)} the model's raw input`;
   $("#stat-psnr").textContent = `${dB(report.reconstruction.psnr)} (against the model's input)`;
-  $("#stat-webp").textContent = `${webp.bytes} bytes, PSNR ${dB(webp.psnr)}. ${sentence(webp.note)}`;
+  $("#stat-webp").textContent = `${webp.bytes.toLocaleString()} bytes, PSNR ${dB(webp.psnr)}. ${sentence(webp.note)}`;
   const note = `${report.model}, quality ${report.quality}${report.note ? `: ${report.note}` : ""}`;
   $("#note").textContent = /[.!?]$/.test(note) ? note : `${note}.`; // a model's name starts it: no capital
   if (downloadUrl) URL.revokeObjectURL(downloadUrl);
