@@ -376,7 +376,8 @@ def encode_latents(
     # a candidate is checked by seeking to the checkpoint and decoding only the groups after it.
     # The ending chosen is then decoded whole; should that ever fail, every ending is re-checked
     # whole, so the result is always a verified decode.
-    usable = [(number, pos) for number, pos in checkpoints if 4 * (pos[0] + 3) <= len(full.rstrip(b"\0")) - 8]
+    stream_end = len(full.rstrip(b"\0"))
+    usable = [(number, pos) for number, pos in checkpoints if 4 * (pos[0] + 3) <= stream_end - 8]
     if not usable:
         return _shortest_payload(full, decodes_right)
     first_group, (position, state) = usable[-1]
