@@ -98,16 +98,17 @@ def checkerboard_symbols(residual: np.ndarray, symbols: np.ndarray, weights: np.
 
 def fit_scale_shifts(train: Latents, weights: np.ndarray) -> np.ndarray:
     """An integer index shift per bucket of summed neighbour magnitudes, each the best of -6..6."""
-    shifts = np.zeros(BUCKETS, np.int64)
-    for bucket in range(BUCKETS):
-        totals = np.zeros(13)
-        for residual, symbols, index in train.at():
-            anchor, near = anchor_neighbours(symbols)
-            chosen = ~anchor[None] & (np.minimum(np.abs(near).sum(0), BUCKETS - 1) == bucket)
-            coded = checkerboard_symbols(residual, symbols, weights)[chosen]
+    totals = np.zeros((BUCKETS, 13))
+    for residual, symbols, index in train.at():
+        anchor, near = anchor_neighbours(symbols)
+        buckets = np.minimum(np.abs(near).sum(0), BUCKETS - 1)
+        coded = checkerboard_symbols(residual, symbols, weights)
+        for bucket in range(BUCKETS):
+            chosen = ~anchor[None] & (buckets == bucket)
             for k, shift in enumerate(range(-6, 7)):
-                totals[k] += train.bits(np.clip(index[chosen] + shift, 0, hyper.SCALE_LEVELS - 1), coded)
-        shifts[bucket] = int(np.argmin(totals)) - 6
+                shifted = np.clip(index[chosen] + shift, 0, hyper.SCALE_LEVELS - 1)
+                totals[bucket, k] += train.bits(shifted, coded[chosen])
+    shifts = np.argmin(totals, axis=1).astype(np.int64) - 6
     return shifts
 
 
