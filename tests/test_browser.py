@@ -1182,6 +1182,8 @@ def test_receiver_decodes_a_latentz_file_in_the_browser(
     assert np.abs(decoded[:, :, 0].astype(int) - expected[:, :, 0].astype(int)).max() <= 1
     assert web_model in page.inner_text("#info-model")
     assert f"{len(blob)} B" in page.inner_text("#info-file")
+    step = codec.unpack(blob)[0].step / codec.FINE_PER_UNIT
+    assert page.inner_text("#info-latent").endswith(f"values, quantisation step {step:g} posterior std")
     assert "entropy decoding was done by the server" in page.inner_text("#info-timing")
     screenshot(page, "receiver.png")
 
@@ -1437,3 +1439,8 @@ def test_receiver_decodes_rate_distortion_files_of_both_payloads(page, kind: str
     assert np.abs(decoded - expected).max() <= 2
     in_page, on_server = (metrics.psnr(image, x.astype(np.uint8)) for x in (decoded, expected))
     assert abs(in_page - on_server) < 0.05 and on_server > 30
+    version = codec.unpack(blob)[0].version
+    # What the file codes: a quality (a step per channel), not version 1's step in posterior stds.
+    coding = f"values, quality 50, format v{version} (rate-distortion: a step per channel)"
+    assert page.inner_text("#info-latent").endswith(coding)
+    assert page.inner_text("#caption").endswith(f"from {len(blob):,} bytes")

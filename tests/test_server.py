@@ -435,6 +435,7 @@ def test_read_returns_the_header_and_the_exact_dequantised_latent(
     assert (body["width"], body["height"], body["channels"]) == (header.width, header.height, header.channels)
     assert body["latent_shape"] == list(header.latent_shape)
     assert body["step_units"] == header.step / codec.FINE_PER_UNIT
+    assert body["format_version"] == 1 and body["quality"] is None
     assert body["bytes"] == len(digit_latentz)
     # The receiver's decoder: the float16 copy the model list offers (its pixels within a grey level).
     listed = client.get(f"/api/models/{web_model}").json()["files"]

@@ -237,8 +237,11 @@ async def read_file(
                 "width": header.width,
                 "channels": header.channels,
                 "latent_shape": list(header.latent_shape),
-                "step": header.step,
-                "step_units": header.step / codec.FINE_PER_UNIT,
+                "format_version": header.version,
+                # Version 1 codes a step (in posterior stds); versions 2 and 3 code a quality.
+                "step": header.step if header.version == 1 else None,
+                "step_units": header.step / codec.FINE_PER_UNIT if header.version == 1 else None,
+                "quality": header.quality if header.version != 1 else None,
                 "latent": flat(latent_values),
                 "decoder": state.model_files.browser_decoder(state.registry.info(runtime_model.name)),
             }

@@ -115,11 +115,14 @@ async function offerSave(canvas, name) {
 
 function show(file, parsed, elapsed) {
   $("#result").hidden = false;
-  $("#caption").textContent = `${parsed.width}×${parsed.height} from ${parsed.bytes} bytes`;
+  $("#caption").textContent = `${parsed.width}×${parsed.height} from ${parsed.bytes.toLocaleString()} bytes`;
   $("#info-model").textContent = `${parsed.model} (fingerprint ${parsed.fingerprint}, entropy model ${parsed.entropy_model_id})`;
   $("#info-file").textContent = `${file.name}: ${formatBytes(parsed.bytes)} (${parsed.header_bytes} bytes of header and checksum)`;
   $("#info-image").textContent = `${parsed.width}×${parsed.height}, ${parsed.channels === 1 ? "grey" : "colour"}`;
-  $("#info-latent").textContent = `${parsed.latent_shape.join("×")} values, quantisation step ${parsed.step_units} posterior std`;
+  const coding = parsed.format_version === 1
+    ? `quantisation step ${parsed.step_units} posterior std`
+    : `quality ${parsed.quality}, format v${parsed.format_version} (rate-distortion: a step per channel)`;
+  $("#info-latent").textContent = `${parsed.latent_shape.join("×")} values, ${coding}`;
   $("#info-timing").textContent = `${elapsed.toFixed(2)} ms with onnxruntime-web (entropy decoding was done by the server)`;
 }
 
