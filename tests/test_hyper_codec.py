@@ -323,3 +323,75 @@ def test_a_gain_offset_shifts_the_scale_table_exactly() -> None:
     symbols = hyper.quantize(y, mean, steps)
     assert symbols.ravel().tolist() == [3, -1]
     assert np.allclose(hyper.dequantize(symbols, mean, steps).ravel(), [0.25 + 3 * steps[0], -1 - steps[1]])
+
+
+def test_lambda_for_quality_interpolates_the_trained_lambdas_geometrically() -> None:
+    lambdas = [0.002, 0.006, 0.018, 0.054]
+    values = [hyper.lambda_for_quality(lambdas, q) for q in range(101)]
+    assert np.isclose(values[0], 0.002) and np.isclose(values[100], 0.054)
+    assert np.all(np.diff(values) > 0)
+    assert np.isclose(values[50], math.sqrt(0.006 * 0.018))  # halfway between the middle two
+    assert hyper.lambda_for_quality([0.01], 70) == pytest.approx(0.01)
+
+
+# -- rate-distortion optimised quantisation -------------------------------------------------------
+def test_code_lengths_are_the_tables_bits_and_price_escapes(gaussian: hyper.IntegerTables) -> None:
+    rng = np.random.default_rng(5)
+    indices = rng.integers(0, hyper.SCALE_LEVELS, 400)
+    values = rng.integers(-40, 41, 400)
+    lengths = gaussian.code_lengths(indices, values)
+    for index, value, length in zip(indices, values, lengths, strict=True):
+        entry = value - gaussian.offsets[index]
+        if 0 <= entry < gaussian.sizes[index]:
+            assert length == pytest.approx(gaussian.bits(int(index), int(value)))
+        else:  # the escape entry, a sign bit, the length (alphabet 24) and the Elias-gamma tail
+            overshoot = entry - gaussian.sizes[index] if entry > 0 else -1 - entry
+            tail = (int(overshoot) + 1).bit_length() - 1
+            expected = gaussian.bits(int(index), int(value)) + 1 + math.log2(24) + tail
+            assert length == pytest.approx(expected)
+    # the range coder spends what the lengths add up to, escapes included (within 1%: its own
+    # fixed point gives the rarest entries a little more probability than 1 / 2**20)
+    z_tables = factorized(2)
+    z = np.zeros((2, 1, 1), np.int64)
+    y_indices = np.zeros((1, 20, 20), np.int64)  # the narrowest table: most values here escape
+    y = rng.integers(-9, 10, (1, 20, 20))
+    payload = hyper.encode_latents(z, y, y_indices, z_tables, gaussian)
+    bits = gaussian.code_lengths(y_indices, y).sum() + sum(z_tables.bits(c, 0) for c in range(2))
+    assert (gaussian.code_lengths(y_indices, y) > 20).mean() > 0.8
+    assert abs(len(payload) - bits / 8) <= 0.01 * bits / 8 + 4
+
+
+def _costs(symbols, residual, indices, tables, penalty):
+    return tables.code_lengths(indices, symbols) + penalty.reshape(-1, 1, 1) * (residual - symbols) ** 2
+
+
+def test_rd_quantisation_only_trades_bits_for_error_where_it_pays(gaussian: hyper.IntegerTables) -> None:
+    rng = np.random.default_rng(9)
+    indices = rng.integers(0, 40, (6, 10, 12))
+    mean = rng.normal(0, 1, (6, 10, 12)).astype(np.float32)
+    steps = hyper.step_sizes(np.array([-3, 0, 2, 5, 0, 1]))
+    residual = rng.normal(0, hyper.scale_table()[indices]) * 1.3
+    y = mean + residual * steps.reshape(-1, 1, 1)
+    rounded = hyper.quantize(y, mean, steps)
+    exact = (y.astype(np.float64) - mean) / steps.reshape(-1, 1, 1)
+
+    # a distortion price far above any bit saving: plain rounding
+    huge = np.full(6, 1e9)
+    assert np.array_equal(hyper.quantize_rd(y, mean, steps, indices, gaussian, huge), rounded)
+
+    penalty = np.array([0.0, 0.5, 2.0, 8.0, 32.0, 128.0])
+    chosen = hyper.quantize_rd(y, mean, steps, indices, gaussian, penalty)
+    moved = chosen != rounded
+    assert np.array_equal(chosen[moved], (rounded - np.sign(rounded))[moved])  # one step nearer zero
+    assert moved.any() and not moved.all()
+    costs = _costs(chosen, exact, indices, gaussian, penalty)
+    assert np.all(costs <= _costs(rounded, exact, indices, gaussian, penalty))
+    assert np.diff([moved[c].mean() for c in range(6)]).max() <= 0  # cheaper error, more moves
+    # fewer bits overall, and the symbols decode as any others do
+    z_tables = factorized(2)
+    z = np.zeros((2, 3, 3), np.int64)
+    ours = hyper.encode_latents(z, chosen, indices, z_tables, gaussian)
+    plain = hyper.encode_latents(z, rounded, indices, z_tables, gaussian)
+    assert len(ours) < len(plain)
+    _, back = hyper.decode_latents(ours, z.shape, chosen.shape, z_tables, gaussian, lambda _z: indices)
+    assert np.array_equal(back, chosen)

@@ -31,6 +31,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from statistics import NormalDist
 
 import numpy as np
@@ -131,6 +132,33 @@ class IntegerTables:
         entry = entry if 0 <= entry < len(pmf) - 1 else len(pmf) - 1
         return PMF_BITS - math.log2(int(pmf[entry]))
 
+    @cached_property
+    def _entry_bits(self) -> np.ndarray:
+        """(count, longest table) ideal code length of each entry in bits; past a table's end, its
+        escape entry's (the last column of each row is read for every escape)."""
+        widest = max(len(pmf) for pmf in self.pmfs)
+        bits = np.empty((self.count, widest), dtype=np.float64)
+        for table, pmf in enumerate(self.pmfs):
+            lengths = PMF_BITS - np.log2(pmf.astype(np.float64))
+            bits[table, : len(pmf)] = lengths
+            bits[table, len(pmf) :] = lengths[-1]
+        return bits
+
+    def code_lengths(self, tables_used: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Bits the range coder spends on each of ``values`` under its table ``tables_used`` (same
+        shapes), escapes included with their overshoot code (within a fraction of a bit of the
+        real coder, which is within 2 bytes of this sum for a whole payload)."""
+        entries = values - self.offsets[tables_used]
+        sizes = self.sizes[tables_used]
+        escaped = (entries < 0) | (entries >= sizes)
+        bits = self._entry_bits[tables_used, np.where(escaped, sizes, entries)]
+        if not escaped.any():
+            return bits
+        overshoot = np.where(entries >= sizes, entries - sizes, -1 - entries)
+        length = np.floor(np.log2(np.maximum(overshoot, 0) + 1.0)) + 1  # Elias gamma of overshoot + 1
+        extra = 1 + math.log2(_ESCAPE_LENGTH_ALPHABET) + (length - 1)
+        return np.where(escaped, bits + extra, bits)
+
     def categorical(self, table: int) -> object:
         """constriction's model for table ``table``: the counts over ``2**PMF_BITS``, exact in float64."""
         model = self._models.get(table)
@@ -220,6 +248,16 @@ def gain_offsets_for_quality(levels: np.ndarray, quality: int) -> np.ndarray:
     return (levels[below] * (100 - fraction) + levels[below + 1] * fraction + 50) // 100
 
 
+def lambda_for_quality(lambdas: Sequence[float], quality: int) -> float:
+    """The rate-distortion trade-off ``quality`` 0..100 stands for: the trained ``lambdas`` (lowest
+    first) interpolated geometrically at the position `gain_offsets_for_quality` interpolates the
+    offsets (which are logarithms of the step)."""
+    if not lambdas or min(lambdas) <= 0:
+        raise ValueError(f"lambdas must be positive, got {list(lambdas)}")
+    position = int(quality) * (len(lambdas) - 1) / 100
+    return float(np.exp(np.interp(position, np.arange(len(lambdas)), np.log(np.asarray(lambdas, float)))))
+
+
 def step_sizes(gain_offsets: np.ndarray) -> np.ndarray:
     """Quantisation step per channel, ``SCALE_RATIO ** k`` (float64; enters only the pixels)."""
     return np.power(SCALE_RATIO, np.asarray(gain_offsets, dtype=np.float64))
@@ -229,6 +267,31 @@ def quantize(latent: np.ndarray, mean: np.ndarray, steps: np.ndarray) -> np.ndar
     """Symbols ``round((y - μ) / step)`` (ties upward) of a latent (M, h, w), clamped to ±MAX_SYMBOL."""
     scaled = (np.asarray(latent, np.float64) - mean.astype(np.float64)) / steps.reshape(-1, 1, 1)
     return np.clip(np.floor(scaled + 0.5), -MAX_SYMBOL, MAX_SYMBOL).astype(np.int64)
+
+
+def quantize_rd(
+    latent: np.ndarray,
+    mean: np.ndarray,
+    steps: np.ndarray,
+    indices: np.ndarray,
+    tables: IntegerTables,
+    penalty: np.ndarray,
+) -> np.ndarray:
+    """Rate-distortion optimised quantisation: each symbol is `quantize`'s rounding or one step
+    nearer zero, whichever costs less in ``bits + penalty_c * (r - symbol)²``, ``r = (y - μ) / step``.
+
+    ``penalty`` (M,) prices channel ``c``'s squared error in symbol units in bits. Given ``ẑ``
+    every element's table is fixed, so the rate is a sum over elements and the choice is made
+    element by element, as a classic encoder's RDOQ does; the decoder is unchanged (any symbols
+    decode). Only an encoder decides this, so it may use floating point freely.
+    """
+    residual = (np.asarray(latent, np.float64) - mean.astype(np.float64)) / steps.reshape(-1, 1, 1)
+    rounded = np.clip(np.floor(residual + 0.5), -MAX_SYMBOL, MAX_SYMBOL).astype(np.int64)
+    nearer_zero = rounded - np.sign(rounded)
+    weight = np.asarray(penalty, np.float64).reshape(-1, 1, 1)
+    cost_rounded = tables.code_lengths(indices, rounded) + weight * (residual - rounded) ** 2
+    cost_nearer = tables.code_lengths(indices, nearer_zero) + weight * (residual - nearer_zero) ** 2
+    return np.where(cost_nearer < cost_rounded, nearer_zero, rounded)
 
 
 def dequantize(symbols: np.ndarray, mean: np.ndarray, steps: np.ndarray) -> np.ndarray:

@@ -66,19 +66,30 @@ class HyperpriorCoder:
     def offsets(self, quality: int) -> np.ndarray:
         return hyper.gain_offsets_for_quality(self.levels, quality)
 
-    def encode(self, y: np.ndarray, z: np.ndarray, quality: int) -> bytes:
-        """``y`` float (M, h, w) and the rounded hyper-latent ``z`` int (Cz, hz, wz) -> the payload."""
+    def encode(self, y: np.ndarray, z: np.ndarray, quality: int, penalty: np.ndarray | None = None) -> bytes:
+        """``y`` float (M, h, w) and the rounded hyper-latent ``z`` int (Cz, hz, wz) -> the payload.
+
+        With ``penalty`` (M,), the bits a squared symbol-unit error costs in each channel, symbols
+        are chosen by `hyper.quantize_rd`; without, by plain rounding. Either decodes the same way.
+        """
         offsets = self.offsets(quality)
         raw, mean = self.hyper_decoder(z, y.shape[1:])
-        symbols = hyper.quantize(y, mean, hyper.step_sizes(offsets))
+        steps = hyper.step_sizes(offsets)
         indices = hyper.scale_indices(raw, offsets)
+        if penalty is None:
+            symbols = hyper.quantize(y, mean, steps)
+        else:
+            symbols = hyper.quantize_rd(y, mean, steps, indices, self.gaussian, penalty)
         return hyper.encode_latents(z, symbols, indices, self.z_tables, self.gaussian)
 
-    def encode_smallest(self, y: np.ndarray, z: np.ndarray, quality: int) -> tuple[int, bytes]:
+    def encode_smallest(
+        self, y: np.ndarray, z: np.ndarray, quality: int, penalty: np.ndarray | None = None
+    ) -> tuple[int, bytes]:
         """(format version, payload) of the shorter coding of ``y`` at ``quality``: the hyperprior
-        payload (version 2) or, for a latent that is flat or a plane, the planar one (version 3,
-        `latentz.codec.planar`), which is tried only when its estimate beats the hyperprior's."""
-        payload = self.encode(y, z, quality)
+        payload (version 2, symbols chosen as `encode` chooses them) or, for a latent that is flat
+        or a plane, the planar one (version 3, `latentz.codec.planar`), which is tried only when
+        its estimate beats the hyperprior's."""
+        payload = self.encode(y, z, quality, penalty)
         symbols = hyper.quantize(y, np.zeros(y.shape, np.float32), hyper.step_sizes(self.offsets(quality)))
         residual = planar.residuals(symbols)
         if planar.entropy_bound_bits(residual) / 8 >= len(payload):
