@@ -3,12 +3,12 @@
     .venv/bin/python scripts/rd_rounding_sweep.py [--photos 30] [--split train] [--slopes 0,3,4,5]
 
 The encoder keeps each latent element's rounding or moves it one step nearer zero, pricing a
-squared error at ``slope × λ`` (`latentz.codec.hyper.quantize_rd`). This codes ``--photos`` red
+squared error at ``slope × λ`` (`latentz.codec.rates.quantize_rd`). This codes ``--photos`` red
 cars of ``--split`` (by default training photos, 100 onwards of the bundle's training split, so the
 choice never sees the held-out ones) at their own size at qualities 0, 10 … 100 with each slope
 (0 is plain rounding), through the torch-free runtime, and prints mean payload bytes and PSNR per
-quality and each slope's BD-rate against plain rounding. Round four's run: −2.35% at 3, −2.61% at
-4, −2.60% at 5 on training photos (docs/photo-models.md). About a minute.
+quality and each slope's BD-rate against plain rounding. Round four's run: −2.38% at 3, −2.63% at
+4, −2.62% at 5 on training photos (docs/photo-models.md). About a minute.
 """
 
 from __future__ import annotations

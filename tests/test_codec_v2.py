@@ -146,6 +146,29 @@ def test_the_encoder_spends_fewer_bytes_where_an_error_is_cheap(model, held_out)
             assert metrics.psnr(photo, theirs) - 0.8 < metrics.psnr(photo, ours) < metrics.psnr(photo, theirs)
 
 
+@pytest.mark.parametrize("lambdas", [None, [], ["0.01"], [0.01, -1.0], [float("nan")], [True]])
+def test_a_card_without_usable_lambdas_cannot_encode_but_still_decodes(model, tmp_path, lambdas) -> None:
+    """The encoder prices errors with the card's trained λs; a card damaged there refuses to encode
+    with a clear error, while the receiver, which needs no λ, still decodes the bundle's files."""
+    import shutil
+
+    copy = tmp_path / "red-cars-hp-copy"
+    shutil.copytree(model.info.path, copy)
+    card = json.loads((copy / bundle.CARD_FILE).read_text())
+    if lambdas is None:
+        del card["codec"]["lambdas"]
+    else:
+        card["codec"]["lambdas"] = lambdas
+    (copy / bundle.CARD_FILE).write_text(json.dumps(card))
+    damaged = runtime.load(copy)
+    image = np.full((40, 56, 3), 120, np.uint8)
+    image[10:30, 10:40] = 30
+    with pytest.raises(runtime.ModelRuntimeError, match=r"codec\.lambdas"):
+        damaged.compress(image, quality=50)
+    data = model.compress(image, quality=50)
+    assert np.array_equal(damaged.decompress(data), model.decompress(data))
+
+
 def test_v2_golden_cases_exist() -> None:
     """Both payloads of the rate-distortion codec are pinned: version 2 and version 3 (planar)."""
     cases = [json.loads(p.read_text()) for p in V2_CASES]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentz.codec import hyper
+from latentz.codec import hyper, rates
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL = 1 << hyper.PMF_BITS
@@ -263,7 +263,7 @@ def test_the_hyper_decoder_refuses_what_it_cannot_compute_exactly() -> None:
 DETERMINISM_SNIPPET = """
 import hashlib, sys
 import numpy as np
-from latentz.codec import hyper
+from latentz.codec import hyper, rates
 arrays = dict(np.load(sys.argv[1]))
 decoder = hyper.IntegerHyperDecoder.from_arrays({k: v for k, v in arrays.items() if k != "z"})
 index, mean = decoder(arrays["z"], (96, 128))
@@ -339,7 +339,7 @@ def test_code_lengths_are_the_tables_bits_and_price_escapes(gaussian: hyper.Inte
     rng = np.random.default_rng(5)
     indices = rng.integers(0, hyper.SCALE_LEVELS, 400)
     values = rng.integers(-40, 41, 400)
-    lengths = gaussian.code_lengths(indices, values)
+    lengths = rates.code_lengths(gaussian, indices, values)
     for index, value, length in zip(indices, values, lengths, strict=True):
         entry = value - gaussian.offsets[index]
         if 0 <= entry < gaussian.sizes[index]:
@@ -356,13 +356,15 @@ def test_code_lengths_are_the_tables_bits_and_price_escapes(gaussian: hyper.Inte
     y_indices = np.zeros((1, 20, 20), np.int64)  # the narrowest table: most values here escape
     y = rng.integers(-9, 10, (1, 20, 20))
     payload = hyper.encode_latents(z, y, y_indices, z_tables, gaussian)
-    bits = gaussian.code_lengths(y_indices, y).sum() + sum(z_tables.bits(c, 0) for c in range(2))
-    assert (gaussian.code_lengths(y_indices, y) > 20).mean() > 0.8
+    bits = rates.code_lengths(gaussian, y_indices, y).sum() + sum(z_tables.bits(c, 0) for c in range(2))
+    assert (rates.code_lengths(gaussian, y_indices, y) > 20).mean() > 0.8
     assert abs(len(payload) - bits / 8) <= 0.01 * bits / 8 + 4
 
 
 def _costs(symbols, residual, indices, tables, penalty):
-    return tables.code_lengths(indices, symbols) + penalty.reshape(-1, 1, 1) * (residual - symbols) ** 2
+    return (
+        rates.code_lengths(tables, indices, symbols) + penalty.reshape(-1, 1, 1) * (residual - symbols) ** 2
+    )
 
 
 def test_rd_quantisation_only_trades_bits_for_error_where_it_pays(gaussian: hyper.IntegerTables) -> None:
@@ -377,10 +379,10 @@ def test_rd_quantisation_only_trades_bits_for_error_where_it_pays(gaussian: hype
 
     # a distortion price far above any bit saving: plain rounding
     huge = np.full(6, 1e9)
-    assert np.array_equal(hyper.quantize_rd(y, mean, steps, indices, gaussian, huge), rounded)
+    assert np.array_equal(rates.quantize_rd(y, mean, steps, indices, gaussian, huge), rounded)
 
     penalty = np.array([0.0, 0.5, 2.0, 8.0, 32.0, 128.0])
-    chosen = hyper.quantize_rd(y, mean, steps, indices, gaussian, penalty)
+    chosen = rates.quantize_rd(y, mean, steps, indices, gaussian, penalty)
     moved = chosen != rounded
     assert np.array_equal(chosen[moved], (rounded - np.sign(rounded))[moved])  # one step nearer zero
     assert moved.any() and not moved.all()

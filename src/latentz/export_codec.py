@@ -166,9 +166,15 @@ def finish_codec_bundle(
         export_graph(_Analysis(model), image, out / bundle.ENCODER_FILE, ["image"], ["y", "z"], SIDES)
         export_graph(_Synthesis(model), latent, out / bundle.DECODER_FILE, ["latent"], ["image"], SIDES)
     files.atomic_write_json(out / bundle.CONFIG_FILE, to_dict(model_config(config)))
-    # A provisional card lets the runtime open the bundle for the measurements below.
+    # A provisional card lets the runtime open the bundle for the measurements below (its encoder
+    # prices errors with the trained λs of ``codec``).
     fingerprint = files.sha256_file(weights)
-    card: dict[str, Any] = {"name": out.resolve().name, "kind": "hyperprior", "fingerprint": fingerprint}
+    card: dict[str, Any] = {
+        "name": out.resolve().name,
+        "kind": "hyperprior",
+        "fingerprint": fingerprint,
+        "codec": to_dict(config.model),
+    }
     files.atomic_write_json(out / bundle.CARD_FILE, card)
     points = measure(out, val_photos)
     _plot_training(history, out / bundle.PLOTS_DIR / "training.png")

@@ -17,10 +17,11 @@ from latentz.codec.limits import DEFAULT_LIMITS, SizeLimits
 from latentz.runtime import ModelRuntime, ModelRuntimeError, _installed_maker, _run
 
 RD_SLOPE = 4.0
-"""The encoder's price of distortion in its rounding choices (`hyper.quantize_rd`), as a multiple of
-the trained λ, chosen on 30 training photos at their own size by BD-rate against plain rounding:
--2.35% at 3, -2.61% at 4, -2.60% at 5. Above 1 because each choice is made alone, while the
-synthesis transform spreads an element's error over its neighbours' and the training saw noise."""
+"""The encoder's price of distortion in its rounding choices (`latentz.codec.rates.quantize_rd`),
+as a multiple of the trained λ, chosen on 30 training photos at their own size by BD-rate against
+plain rounding: -2.38% at 3, -2.63% at 4, -2.62% at 5 (`scripts/rd_rounding_sweep.py`). Plausibly
+above 1 because each choice is made alone, while the synthesis transform spreads an element's
+error over its neighbours'."""
 SENSITIVITY_STEP = 0.5
 """How far (latent units) each channel is moved to measure the synthesis transform's response."""
 SENSITIVITY_SPACING = 6
@@ -86,14 +87,21 @@ class HyperpriorRuntime(ModelRuntime):
         return blocks.ravel()[:channels] / SENSITIVITY_STEP**2
 
     def penalty(self, quality: int) -> np.ndarray:
-        """Bits per squared symbol-unit error of each channel at ``quality``, for `hyper.quantize_rd`:
-        the training loss ``λ·MSE(0..255) + bits/pixel`` times the pixel count prices a squared
-        [0, 1] pixel error at ``λ·255²/3`` bits (three colour values a pixel), and one symbol unit
-        of channel ``c`` is ``step_c`` latent units."""
-        lambdas = (self.info.card.get("codec") or {}).get("lambdas")
-        if not isinstance(lambdas, list) or not lambdas:
+        """Bits per squared symbol-unit error of each channel at ``quality``, for
+        `latentz.codec.rates.quantize_rd`: the training loss ``λ·MSE(0..255) + bits/pixel`` times
+        the pixel count prices a squared [0, 1] pixel error at ``λ·255²/3`` bits (three colour
+        values a pixel), and one symbol unit of channel ``c`` is ``step_c`` latent units."""
+        codec_card = self.info.card.get("codec")
+        lambdas = codec_card.get("lambdas") if isinstance(codec_card, dict) else None
+        if not (
+            isinstance(lambdas, list)
+            and lambdas
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in lambdas)
+            and all(math.isfinite(v) and v > 0 for v in lambdas)
+        ):
             raise ModelRuntimeError(
-                f"{self.name}'s card lacks codec.lambdas; retrain it with `latentz train`"
+                f"{self.name}'s card has no usable codec.lambdas (positive numbers, one per trained "
+                f"level; got {lambdas!r}); retrain it with `latentz train`"
             )
         steps = hyper.step_sizes(self.coder.offsets(quality))
         price = RD_SLOPE * hyper.lambda_for_quality(lambdas, quality) * 255.0**2 / 3

@@ -31,7 +31,6 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from statistics import NormalDist
 
 import numpy as np
@@ -57,7 +56,7 @@ PMF_BITS = 20
 """Every table's counts sum to ``2 ** PMF_BITS``; each entry has at least 1."""
 MAX_SYMBOL = 1 << 22
 """Largest symbol magnitude the escape code carries (a latent this far out is a broken encoder)."""
-_ESCAPE_LENGTH_ALPHABET = 24
+ESCAPE_LENGTH_ALPHABET = 24
 
 
 # -- integer probability tables -------------------------------------------------------------------
@@ -131,33 +130,6 @@ class IntegerTables:
         pmf = self.pmfs[table]
         entry = entry if 0 <= entry < len(pmf) - 1 else len(pmf) - 1
         return PMF_BITS - math.log2(int(pmf[entry]))
-
-    @cached_property
-    def _entry_bits(self) -> np.ndarray:
-        """(count, longest table) ideal code length of each entry in bits; past a table's end, its
-        escape entry's (the last column of each row is read for every escape)."""
-        widest = max(len(pmf) for pmf in self.pmfs)
-        bits = np.empty((self.count, widest), dtype=np.float64)
-        for table, pmf in enumerate(self.pmfs):
-            lengths = PMF_BITS - np.log2(pmf.astype(np.float64))
-            bits[table, : len(pmf)] = lengths
-            bits[table, len(pmf) :] = lengths[-1]
-        return bits
-
-    def code_lengths(self, tables_used: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Bits the range coder spends on each of ``values`` under its table ``tables_used`` (same
-        shapes), escapes included with their overshoot code (within a fraction of a bit of the
-        real coder, which is within 2 bytes of this sum for a whole payload)."""
-        entries = values - self.offsets[tables_used]
-        sizes = self.sizes[tables_used]
-        escaped = (entries < 0) | (entries >= sizes)
-        bits = self._entry_bits[tables_used, np.where(escaped, sizes, entries)]
-        if not escaped.any():
-            return bits
-        overshoot = np.where(entries >= sizes, entries - sizes, -1 - entries)
-        length = np.floor(np.log2(np.maximum(overshoot, 0) + 1.0)) + 1  # Elias gamma of overshoot + 1
-        extra = 1 + math.log2(_ESCAPE_LENGTH_ALPHABET) + (length - 1)
-        return np.where(escaped, bits + extra, bits)
 
     def categorical(self, table: int) -> object:
         """constriction's model for table ``table``: the counts over ``2**PMF_BITS``, exact in float64."""
@@ -269,31 +241,6 @@ def quantize(latent: np.ndarray, mean: np.ndarray, steps: np.ndarray) -> np.ndar
     return np.clip(np.floor(scaled + 0.5), -MAX_SYMBOL, MAX_SYMBOL).astype(np.int64)
 
 
-def quantize_rd(
-    latent: np.ndarray,
-    mean: np.ndarray,
-    steps: np.ndarray,
-    indices: np.ndarray,
-    tables: IntegerTables,
-    penalty: np.ndarray,
-) -> np.ndarray:
-    """Rate-distortion optimised quantisation: each symbol is `quantize`'s rounding or one step
-    nearer zero, whichever costs less in ``bits + penalty_c * (r - symbol)²``, ``r = (y - μ) / step``.
-
-    ``penalty`` (M,) prices channel ``c``'s squared error in symbol units in bits. Given ``ẑ``
-    every element's table is fixed, so the rate is a sum over elements and the choice is made
-    element by element, as a classic encoder's RDOQ does; the decoder is unchanged (any symbols
-    decode). Only an encoder decides this, so it may use floating point freely.
-    """
-    residual = (np.asarray(latent, np.float64) - mean.astype(np.float64)) / steps.reshape(-1, 1, 1)
-    rounded = np.clip(np.floor(residual + 0.5), -MAX_SYMBOL, MAX_SYMBOL).astype(np.int64)
-    nearer_zero = rounded - np.sign(rounded)
-    weight = np.asarray(penalty, np.float64).reshape(-1, 1, 1)
-    cost_rounded = tables.code_lengths(indices, rounded) + weight * (residual - rounded) ** 2
-    cost_nearer = tables.code_lengths(indices, nearer_zero) + weight * (residual - nearer_zero) ** 2
-    return np.where(cost_nearer < cost_rounded, nearer_zero, rounded)
-
-
 def dequantize(symbols: np.ndarray, mean: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """The decoder's latent ``symbol * step + μ`` (float32)."""
     return (symbols * steps.reshape(-1, 1, 1) + mean.astype(np.float64)).astype(np.float32)
@@ -339,7 +286,7 @@ def _encode_grouped(
         overshoot = int(entry - size) if above else int(-1 - entry)
         length = (overshoot + 1).bit_length()  # Elias gamma of overshoot + 1
         encoder.encode(int(above), _uniform(2))
-        encoder.encode(length - 1, _uniform(_ESCAPE_LENGTH_ALPHABET))
+        encoder.encode(length - 1, _uniform(ESCAPE_LENGTH_ALPHABET))
         if length > 1:
             encoder.encode((overshoot + 1) - (1 << (length - 1)), _uniform(1 << (length - 1)))
     return coded
@@ -362,7 +309,7 @@ def _decode_grouped(
     values = coded + tables.offsets[tables_used]
     for position in np.flatnonzero(coded == sizes):
         above = int(decoder.decode(_uniform(2)))
-        length = int(decoder.decode(_uniform(_ESCAPE_LENGTH_ALPHABET))) + 1
+        length = int(decoder.decode(_uniform(ESCAPE_LENGTH_ALPHABET))) + 1
         rest = int(decoder.decode(_uniform(1 << (length - 1)))) if length > 1 else 0
         overshoot = (1 << (length - 1)) + rest - 1
         table_start = int(tables.offsets[tables_used[position]])

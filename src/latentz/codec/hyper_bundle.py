@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentz.codec import hyper, planar
+from latentz.codec import hyper, planar, rates
 from latentz.codec.format import VERSION_HYPERPRIOR, VERSION_PLANAR
 from latentz.codec.integer_network import HyperCodecError, IntegerHyperDecoder
 
@@ -70,7 +70,7 @@ class HyperpriorCoder:
         """``y`` float (M, h, w) and the rounded hyper-latent ``z`` int (Cz, hz, wz) -> the payload.
 
         With ``penalty`` (M,), the bits a squared symbol-unit error costs in each channel, symbols
-        are chosen by `hyper.quantize_rd`; without, by plain rounding. Either decodes the same way.
+        are chosen by `rates.quantize_rd`; without, by plain rounding. Either decodes the same way.
         """
         offsets = self.offsets(quality)
         raw, mean = self.hyper_decoder(z, y.shape[1:])
@@ -79,7 +79,7 @@ class HyperpriorCoder:
         if penalty is None:
             symbols = hyper.quantize(y, mean, steps)
         else:
-            symbols = hyper.quantize_rd(y, mean, steps, indices, self.gaussian, penalty)
+            symbols = rates.quantize_rd(y, mean, steps, indices, self.gaussian, penalty)
         return hyper.encode_latents(z, symbols, indices, self.z_tables, self.gaussian)
 
     def encode_smallest(

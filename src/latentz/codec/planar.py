@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from latentz.codec import hyper
+from latentz.codec import hyper, rates
 from latentz.codec.integer_network import HyperCodecError
 
 
@@ -56,15 +56,8 @@ def estimated_bits(residual: np.ndarray, tables: hyper.IntegerTables) -> tuple[i
     values, counts = np.unique(residual, return_counts=True)
     best = (0, math.inf)
     for table in range(tables.count):
-        entries = values - int(tables.offsets[table])
-        pmf, size = tables.pmfs[table], int(tables.sizes[table])
-        inside = (entries >= 0) & (entries < size)
-        cost = hyper.PMF_BITS - np.log2(pmf[np.where(inside, entries, size)].astype(np.float64))
-        overshoot = np.where(entries >= size, entries - size, -1 - entries)
-        escape = (
-            1 + math.log2(hyper._ESCAPE_LENGTH_ALPHABET) + np.floor(np.log2(np.maximum(overshoot, 0) + 1.0))
-        )
-        bits = float(np.sum(counts * (cost + np.where(inside, 0.0, escape))))
+        used = np.full(len(values), table, dtype=np.int64)
+        bits = float(np.sum(counts * rates.code_lengths(tables, used, values)))
         if bits < best[1]:
             best = (table, bits)
     return best
