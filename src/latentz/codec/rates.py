@@ -17,19 +17,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from latentz.codec.hyper import ESCAPE_LENGTH_ALPHABET, MAX_SYMBOL, PMF_BITS, IntegerTables
+from latentz.codec.hyper import ESCAPE_LENGTH_ALPHABET, PMF_BITS, IntegerTables, quantize
 
 
 @lru_cache(maxsize=8)
 def _entry_bits(tables: IntegerTables) -> np.ndarray:
-    """(count, longest table) ideal code length of each entry in bits; past a table's end, its
-    escape entry's (so the last explicit column a table has is read for every escape)."""
-    widest = max(len(pmf) for pmf in tables.pmfs)
-    bits = np.empty((tables.count, widest), dtype=np.float64)
+    """(count, longest table): the ideal code length in bits of each table's entries, its escape
+    entry last; columns past a table's end are never read (infinite)."""
+    bits = np.full((tables.count, max(len(pmf) for pmf in tables.pmfs)), np.inf)
     for table, pmf in enumerate(tables.pmfs):
-        lengths = PMF_BITS - np.log2(pmf.astype(np.float64))
-        bits[table, : len(pmf)] = lengths
-        bits[table, len(pmf) :] = lengths[-1]
+        bits[table, : len(pmf)] = PMF_BITS - np.log2(pmf.astype(np.float64))
     return bits
 
 
@@ -57,14 +54,14 @@ def quantize_rd(
     tables: IntegerTables,
     penalty: np.ndarray,
 ) -> np.ndarray:
-    """Symbols of a latent (M, h, w): each is ``hyper.quantize``'s rounding or one step nearer zero,
+    """Symbols of a latent (M, h, w): each is `quantize`'s rounding or one step nearer zero,
     whichever costs less in ``bits + penalty_c * (r - symbol)²`` with ``r = (y - μ) / step``.
 
     ``indices`` are the elements' Gaussian tables in ``tables``; ``penalty`` (M,) prices channel
     ``c``'s squared error, in symbol units, in bits.
     """
+    rounded = quantize(latent, mean, steps)
     residual = (np.asarray(latent, np.float64) - mean.astype(np.float64)) / steps.reshape(-1, 1, 1)
-    rounded = np.clip(np.floor(residual + 0.5), -MAX_SYMBOL, MAX_SYMBOL).astype(np.int64)
     nearer_zero = rounded - np.sign(rounded)
     weight = np.asarray(penalty, np.float64).reshape(-1, 1, 1)
     cost_rounded = code_lengths(tables, indices, rounded) + weight * (residual - rounded) ** 2
