@@ -1304,6 +1304,8 @@ def test_receiver_decodes_a_photo_from_a_spatial_model(page, spatial_web_model: 
     expected = model.decompress(blob)
     assert decoded.shape[:2] == (37, 52)
     assert np.abs(decoded[:, :, :3].astype(int) - expected.astype(int)).max() <= 2
+    box = page.locator("#decoded").bounding_box()  # shown at its own aspect, not letterboxed
+    assert box["width"] / box["height"] == pytest.approx(52 / 37, rel=0.02)
     name, png = saved_image(page, tmp_path)
     assert name == "photo.png" and png.startswith(b"\x89PNG")
     saved = Image.open(io.BytesIO(png))
@@ -1402,7 +1404,7 @@ def test_codec_page_fits_a_photo_in_the_bytes_asked_for(page, tmp_path: Path) ->
     if report["met"]:
         assert report["latentz"]["bytes"] <= budget
         assert page.inner_text("#target-why").startswith(
-            f"fits: {report['latentz']['bytes']} bytes at quality"
+            f"fits: {report['latentz']['bytes']:,} bytes at quality"
         )
     else:
         assert report["quality"] == 0 and page.inner_text("#target-why").startswith("even the lowest quality")

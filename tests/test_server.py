@@ -242,6 +242,15 @@ def test_encode_json_reports_sizes_psnr_and_a_webp_at_the_same_budget(
         assert report["webp"]["quality"] == 0 and "even WebP quality 0" in report["webp"]["note"]
 
 
+def test_the_webp_note_writes_its_byte_counts_with_separators() -> None:
+    from latentz.server.reports import _webp_at_budget
+
+    noise = np.random.default_rng(3).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    assert "the best that fits in 12,000 bytes" in _webp_at_budget(noise, 12_000)["note"]
+    tight = _webp_at_budget(noise, 100)["note"]
+    assert re.match(r"even WebP quality 0 takes \d{1,3}(,\d{3})+ bytes, more than the 100-byte budget", tight)
+
+
 def test_a_flat_image_coded_exactly_reports_psnr_as_null(client: httpx.Client, web_model: str) -> None:
     """WebP codes a flat image exactly: infinite PSNR, which JSON cannot carry, is null (this used
     to be a 500 from the JSON encoder)."""

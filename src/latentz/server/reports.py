@@ -35,9 +35,9 @@ def _webp_at_budget(image: np.ndarray, budget: int) -> dict[str, Any]:
         "psnr": report_psnr(image, decoded),
         "webp_base64": b64(data),
         "note": (
-            f"WebP quality {quality}, the best that fits in {budget} bytes"
+            f"WebP quality {quality}, the best that fits in {budget:,} bytes"
             if fits
-            else f"even WebP quality 0 takes {len(data)} bytes, more than the {budget}-byte budget"
+            else f"even WebP quality 0 takes {len(data):,} bytes, more than the {budget:,}-byte budget"
         ),
     }
 

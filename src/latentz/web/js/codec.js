@@ -67,7 +67,7 @@ async function compress() {
   const model = select.value === AUTO ? "the model that fits it" : select.value;
   const budget = targetBytes();
   const at = budget
-    ? `the highest quality that fits in ${budget} bytes`
+    ? `the highest quality that fits in ${budget.toLocaleString()} bytes`
     : qualityChosen
       ? `quality ${quality.value}`
       : "its recommended quality";
@@ -148,11 +148,11 @@ function showTarget(report) {
     why.textContent = "set a size and the highest quality that fits is used";
     return;
   }
-  const got = `${report.reached.bytes} bytes at quality ${report.quality}`;
+  const got = `${report.reached.bytes.toLocaleString()} bytes at quality ${report.quality}`;
   why.textContent = report.met
     ? `fits: ${got}`
     : `even the lowest quality needs more: ${got}`;
-  showQuality(report.quality, `the highest that fits in ${report.target.value} bytes`);
+  showQuality(report.quality, `the highest that fits in ${report.target.value.toLocaleString()} bytes`);
 }
 
 function showNotes(report) {
